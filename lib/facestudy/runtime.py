@@ -1,0 +1,125 @@
+"""Run bookkeeping shared by every chapter: seeds, device, threads, data root, timing, environment.
+
+Chapter 0 ("How this book runs") explains it. A notebook's first code cell after ``parameters`` is::
+
+    run = facestudy.runtime.start("01_geometry", profile=profile, seed=seed, device=device,
+                                  data_root=data_root)
+    cfg = run.cfg
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import profiles
+from .errors import ParameterError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def repo_root() -> Path | None:
+    """The checkout this package was installed from (editable installs), or the cwd's ancestor with _toc.yml."""
+    here = Path(__file__).resolve()
+    for cand in [here.parents[2], *Path.cwd().resolve().parents, Path.cwd().resolve()]:
+        if (cand / "_toc.yml").exists() and (cand / "lib" / "facestudy").exists():
+            return cand
+    return None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU. An unavailable explicit device is a ParameterError."""
+    if device not in DEVICES:
+        raise ParameterError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("device='cuda' was asked for but no CUDA GPU is visible; use device='auto' or 'cpu'")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ParameterError("device='mps' was asked for but MPS is not available; use device='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; CPU runs then repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and threads: recorded in every executed notebook."""
+    import importlib.metadata as md
+
+    def version(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "-"
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    for pkg in ("facestudy", "torch", "numpy", "scipy", "pandas", "matplotlib", "diffusers", "papermill",
+                "jupyter-book", "onnxruntime", "insightface"):
+        env[pkg] = version(pkg)
+    return env
+
+
+@dataclass
+class Run:
+    chapter: str
+    profile: str
+    seed: int
+    device: torch.device
+    cfg: profiles.Config
+    data_root: str
+    started: float = field(default_factory=time.perf_counter)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        """Say something the reader must know (e.g. 'real CelebA absent: using the synthetic world')."""
+        self.notes.append(message)
+        print(f"NOTE: {message}")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def start(chapter: str, profile: str = "default", seed: int = 0, device: str = "auto",
+          data_root: str = "", **overrides: Any) -> Run:
+    """Validate parameters, then seed, pick the device and set the data root. Does no other work.
+
+    Raises :class:`~facestudy.errors.ParameterError` (listing valid choices) before anything runs.
+    """
+    cfg = profiles.resolve(chapter, profile, **overrides)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ParameterError(f"seed must be an int, got {seed!r}")
+    dev = resolve_device(device)
+    if data_root:
+        os.environ["FACESTUDY_DATA"] = data_root
+    threads = os.environ.get("FACESTUDY_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed_everything(seed)
+    run = Run(chapter=chapter, profile=profile, seed=seed, device=dev, cfg=cfg,
+              data_root=os.environ.get("FACESTUDY_DATA", ""))
+    from . import report
+
+    report._begin_chapter(chapter, profile)
+    print(f"{chapter} | profile={profile} | seed={seed} | device={dev} | torch threads={torch.get_num_threads()}")
+    return run

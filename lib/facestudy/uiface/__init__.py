@@ -1,0 +1,1 @@
+"""facestudy.uiface"""
