@@ -44,6 +44,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         "gpu": {},
         "paper": {},
     },
+    "00a_faceworld": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
+    "00b_models": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
     # --- chapter sections below are owned by each chapter's subpackage -------------------------------
     "01_geometry": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
     "02_uiface": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},

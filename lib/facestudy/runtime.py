@@ -106,7 +106,10 @@ def start(chapter: str, profile: str = "default", seed: int = 0, device: str = "
 
     Raises :class:`~facestudy.errors.ParameterError` (listing valid choices) before anything runs.
     """
-    cfg = profiles.resolve(chapter, profile, **overrides)
+    import json
+
+    env_over = json.loads(os.environ.get("FACESTUDY_OVERRIDES") or "{}")  # set by `facestudy run --set`
+    cfg = profiles.resolve(chapter, profile, **{**env_over, **overrides})
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParameterError(f"seed must be an int, got {seed!r}")
     dev = resolve_device(device)

@@ -1,0 +1,41 @@
+# Inside Face Recognition — the two commands: `make book` and `make test` (see README.md).
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PROFILE ?= default
+# Real data: $FACESTUDY_DATA if set, else ../shared/data when it exists beside the checkout.
+SHARED_DATA := $(abspath ../shared/data)
+FACESTUDY_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
+export FACESTUDY_DATA
+
+.PHONY: all venv book chapters html test lint clean
+all: book
+
+$(BIN)/facestudy: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name python3 --display-name "Python 3" >/dev/null
+	@touch $@
+
+venv: $(BIN)/facestudy
+
+# The main job: every chapter at $(PROFILE) with papermill, then the HTML with -W.
+book: venv
+	$(BIN)/facestudy data prepare --quiet
+	$(BIN)/facestudy run all --profile $(PROFILE) --quiet
+	$(MAKE) html
+	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+html: venv
+	$(BIN)/facestudy scorecard --records book/executed --out book/executed/scorecard.md
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check lib tests benchmarks
+
+clean:
+	rm -rf _build book/executed

@@ -1,0 +1,114 @@
+"""The ``facestudy`` command: ``list``, ``run``, ``data status|prepare``, ``scorecard``.
+
+Bad requests (unknown chapter, profile, parameter, setting, or a value of the wrong type) exit with code 2
+and a message listing the valid choices, before any kernel starts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import profiles
+from .errors import DataError, ParameterError
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ParameterError(f"{flag} takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_list(args) -> int:
+    from . import chapters
+
+    for ch in chapters.chapters():
+        print(f"{ch.id}: {ch.title}")
+        print(f"  profiles: {', '.join(profiles.PROFILES)}")
+        print("  parameters (-p key=value):")
+        for p in ch.parameters().values():
+            print(f"    {p.name:<12} {p.type:<6} = {p.default:<12} {p.help}")
+        if ch.id in profiles.TABLE:
+            keys = sorted(profiles.TABLE[ch.id].get("base", {}))
+            if keys:
+                print(f"  profile settings (--set key=value): {', '.join(keys)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import runner
+
+    params = _pairs(args.param, "-p")
+    overrides = _pairs(args.set, "--set")
+    runner.plan(args.chapter, args.profile, params, overrides)  # validate before any kernel starts
+    results = runner.run_chapters(args.chapter, args.profile, params, overrides,
+                                  out=Path(args.out) if args.out else None, progress=not args.quiet)
+    print()
+    print(runner.table(results))
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def cmd_data(args) -> int:
+    from . import data
+
+    if args.action == "status":
+        df = data.status_table()
+        with __import__("pandas").option_context("display.width", 200, "display.max_colwidth", 60):
+            print(df.to_string(index=False))
+        return 0
+    data.prepare(names=args.names or None, limit=args.limit, progress=not args.quiet)
+    return 0
+
+
+def cmd_scorecard(args) -> int:
+    from .scorecard import write_scorecard
+
+    path = write_scorecard(Path(args.records), Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facestudy", description="Run and inspect the chapters of Inside Face Recognition.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="chapters, profiles and each parameter with type, default and help").set_defaults(fn=cmd_list)
+    r = sub.add_parser("run", help="execute chapters with papermill")
+    r.add_argument("chapter", help="chapter id (or unique prefix, e.g. 01) or 'all'")
+    r.add_argument("--profile", default="default", help=f"one of {', '.join(profiles.PROFILES)} (default: default)")
+    r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="notebook parameter")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile-table setting")
+    r.add_argument("--out", help="folder for executed notebooks (default: book/executed)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+    d = sub.add_parser("data", help="real data: status table or prepare the aligned caches")
+    d.add_argument("action", choices=["status", "prepare"])
+    d.add_argument("names", nargs="*", help="datasets to prepare (default: all present)")
+    d.add_argument("--limit", type=int, default=None, help="prepare only the first N images of each")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(fn=cmd_data)
+    s = sub.add_parser("scorecard", help="gather the chapters' claim records into the book's scorecard page")
+    s.add_argument("--records", default="book/executed")
+    s.add_argument("--out", default="book/executed/scorecard.md")
+    s.set_defaults(fn=cmd_scorecard)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ParameterError as exc:
+        print(f"facestudy: error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"facestudy: data error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

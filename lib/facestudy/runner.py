@@ -1,0 +1,150 @@
+"""Execute chapters with papermill at a profile and record how they ran (chapter 0 shows the records).
+
+``run_chapters`` validates everything (chapter ids, profile, parameters and their types, profile-table
+overrides) before any kernel starts, then executes each chapter, writes the executed notebook to ``out``
+with versions / device / threads / wall time in its metadata, hides papermill's injected cell in the book,
+and returns one row per chapter. A failing chapter is named with the cell that failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import chapters as chapters_mod
+from . import profiles
+from .errors import ParameterError
+from .report import atomic_write_text
+
+
+@dataclass
+class RunResult:
+    chapter: str
+    profile: str
+    status: str  # "ok" | "failed"
+    wall_s: float
+    output: str
+    error: str = ""
+
+
+def plan(selection: str, profile: str, params: dict[str, str], overrides: dict[str, str], base: Path | None = None):
+    """Validate a run request; returns [(chapter, typed parameters, typed overrides)]. Raises ParameterError."""
+    if profile not in profiles.PROFILES:
+        raise ParameterError(f"unknown profile {profile!r}; valid profiles: {', '.join(profiles.PROFILES)}")
+    chosen = chapters_mod.chapters(base) if selection == "all" else [chapters_mod.get(selection, base)]
+    out = []
+    for ch in chosen:
+        decl = ch.parameters()
+        typed: dict[str, Any] = {}
+        for key, value in params.items():
+            if key == "profile":
+                raise ParameterError("give the profile with --profile, not -p profile=...")
+            if key not in decl:
+                raise ParameterError(f"unknown parameter {key!r} for chapter {ch.id}; valid parameters: "
+                                     f"{', '.join(k for k in decl if k != 'profile')}")
+            typed[key] = chapters_mod.coerce(decl[key], value)
+        if "device" in typed:
+            from .runtime import DEVICES
+            if typed["device"] not in DEVICES:
+                raise ParameterError(f"unknown device {typed['device']!r}; valid devices: {', '.join(DEVICES)}")
+        typed["profile"] = profile
+        table_over = {}
+        if overrides:
+            base_cfg = profiles.resolve(ch.id, profile)
+            for key, value in overrides.items():
+                if key not in base_cfg or key in ("profile", "chapter"):
+                    raise ParameterError(f"unknown setting {key!r} for chapter {ch.id}; valid settings: "
+                                         f"{', '.join(sorted(k for k in base_cfg if k not in ('profile', 'chapter')))}")
+                import yaml
+
+                table_over[key] = yaml.safe_load(value)
+            profiles.resolve(ch.id, profile, **table_over)  # type check
+        out.append((ch, typed, table_over))
+    return out
+
+
+def _hide_injected(nb_path: Path, meta: dict) -> None:
+    nb = json.loads(nb_path.read_text())
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            cell["metadata"]["tags"] = tags
+    nb["metadata"]["facestudy"] = meta
+    atomic_write_text(nb_path, json.dumps(nb, indent=1))
+
+
+def _failure(exc: Exception) -> str:
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    cell = getattr(exc, "exec_count", None)
+    where = f"cell [{cell}]" if cell is not None else "a cell"
+    return f"{where} raised {ename}: {str(evalue).splitlines()[0] if evalue else ''}"
+
+
+def run_chapters(selection: str, profile: str, params: dict[str, str] | None = None,
+                 overrides: dict[str, str] | None = None, out: Path | None = None, progress: bool = True,
+                 base: Path | None = None) -> list[RunResult]:
+    import papermill as pm
+
+    from .runtime import environment
+
+    base = base or chapters_mod.root()
+    jobs = plan(selection, profile, params or {}, overrides or {}, base)
+    out = Path(out or base / chapters_mod.EXECUTED_DIR).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for ch, typed, table_over in jobs:
+        target = out / f"{ch.id}.ipynb"
+        tmp = out / f".{ch.id}.running.ipynb"
+        env_backup = {k: os.environ.get(k) for k in ("FACESTUDY_RECORDS", "FACESTUDY_OVERRIDES")}
+        os.environ["FACESTUDY_RECORDS"] = str(out)
+        os.environ["FACESTUDY_OVERRIDES"] = json.dumps(table_over)
+        print(f"==> {ch.id} (profile={profile})", flush=True)
+        t0 = time.perf_counter()
+        status, error = "ok", ""
+        try:
+            pm.execute_notebook(str(ch.source), str(tmp), parameters=typed, kernel_name="python3",
+                                progress_bar=progress, cwd=str(ch.source.parent), log_output=False)
+        except Exception as exc:  # papermill wraps kernel errors; keep going with the other chapters
+            status, error = "failed", _failure(exc)
+        finally:
+            for k, v in env_backup.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        wall = time.perf_counter() - t0
+        meta = {"chapter": ch.id, "profile": profile, "parameters": typed, "overrides": table_over,
+                "status": status, "error": error, "wall_s": round(wall, 2), "environment": environment(),
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        if tmp.exists():
+            _hide_injected(tmp, meta)
+            os.replace(tmp, target)
+        res = RunResult(ch.id, profile, status, wall, str(target), error)
+        atomic_write_text(out / f"{ch.id}.run.json", json.dumps({**asdict(res), **meta}, indent=2))
+        results.append(res)
+        print(f"    {status} in {wall:.1f} s" + (f" — {ch.id}: {error}" if error else ""), flush=True)
+    return results
+
+
+def table(results: list[RunResult]) -> str:
+    lines = [f"{'chapter':<20} {'profile':<8} {'status':<7} {'wall time':>10}", "-" * 48]
+    for r in results:
+        lines.append(f"{r.chapter:<20} {r.profile:<8} {r.status:<7} {r.wall_s:>9.1f}s")
+    for r in results:
+        if r.status != "ok":
+            lines.append(f"FAILED {r.chapter}: {r.error} (executed copy with the traceback: {r.output})")
+    return "\n".join(lines)
+
+
+def timings(directory: Path) -> list[dict]:
+    """The records of the last runs in ``directory`` (chapter 0 shows them)."""
+    rows = []
+    for f in sorted(Path(directory).glob("*.run.json")):
+        d = json.loads(f.read_text())
+        rows.append({k: d.get(k) for k in ("chapter", "profile", "status", "wall_s", "finished")})
+    return rows
