@@ -151,8 +151,9 @@ def _mini_book(tmp_path: Path, cell_source: str) -> Path:
     (base / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: book/executed/00_setup\n")
     nb = json.loads((ROOT / "notebooks" / "00_setup.ipynb").read_text())
     params = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    nb["cells"] = [nb["cells"][0], params, {"cell_type": "code", "id": "broken", "metadata": {}, "execution_count": None,
-                                            "outputs": [], "source": cell_source}]
+    broken = {"cell_type": "code", "id": "broken", "metadata": {}, "execution_count": None, "outputs": [],
+              "source": cell_source}
+    nb["cells"] = [nb["cells"][0], params, broken]
     (base / "notebooks" / "00_setup.ipynb").write_text(json.dumps(nb))
     return base
 

@@ -105,10 +105,12 @@ def get(chapter: str, base: Path | None = None) -> Chapter:
     pref = [c for c in all_ if c.id.startswith(chapter)]
     if len(pref) == 1:
         return pref[0]
-    raise ParameterError(f"unknown chapter {chapter!r}; valid chapters: {', '.join(c.id for c in all_)} (or 'all')")
+    valid = ", ".join(c.id for c in all_)
+    raise ParameterError(f"unknown chapter {chapter!r}; valid chapters: {valid} (or 'all')")
 
 
-_PARAM_RE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*:\s*(?P<type>[\w\[\], ]+?)\s*=\s*(?P<default>.+?)\s*(#\s*(?P<help>.*))?$")
+_PARAM_RE = re.compile(
+    r"^(?P<name>[A-Za-z_]\w*)\s*:\s*(?P<type>[\w\[\], ]+?)\s*=\s*(?P<default>.+?)\s*(#\s*(?P<help>.*))?$")
 
 
 def parameters_cell(nb: dict) -> dict:
@@ -154,4 +156,5 @@ def coerce(param: Parameter, value: str):
             return str(value)
         return yaml.safe_load(value)
     except ValueError:
-        raise ParameterError(f"parameter {param.name!r} must be {kind} (default {param.default}), got {value!r}") from None
+        raise ParameterError(
+            f"parameter {param.name!r} must be {kind} (default {param.default}), got {value!r}") from None

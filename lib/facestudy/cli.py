@@ -73,9 +73,11 @@ def cmd_scorecard(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facestudy", description="Run and inspect the chapters of Inside Face Recognition.")
+    p = argparse.ArgumentParser(prog="facestudy",
+                                description="Run and inspect the chapters of Inside Face Recognition.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="chapters, profiles and each parameter with type, default and help").set_defaults(fn=cmd_list)
+    ls = sub.add_parser("list", help="chapters, profiles and each parameter with type, default and help")
+    ls.set_defaults(fn=cmd_list)
     r = sub.add_parser("run", help="execute chapters with papermill")
     r.add_argument("chapter", help="chapter id (or unique prefix, e.g. 01) or 'all'")
     r.add_argument("--profile", default="default", help=f"one of {', '.join(profiles.PROFILES)} (default: default)")

@@ -41,7 +41,8 @@ def write_scorecard(records: Path, out: Path) -> Path:
         lines += ["", "## How the chapters ran", "", "| chapter | profile | status | wall time (s) | finished |",
                   "|---|---|---|---|---|"]
         for d in runs.values():
-            lines.append(f"| {d['chapter']} | {d['profile']} | {d['status']} | {d['wall_s']:.1f} | {d.get('finished', '')} |")
+            lines.append(f"| {d['chapter']} | {d['profile']} | {d['status']} | {d['wall_s']:.1f} | "
+                         f"{d.get('finished', '')} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
