@@ -167,3 +167,28 @@ def test_runner_names_the_failing_chapter_and_cell(tmp_path):
     assert "FAILED 00_setup" in msg and "RuntimeError: deliberately broken chapter" in msg and "cell [" in msg
     meta = json.loads((tmp_path / "out" / "00_setup.ipynb").read_text())["metadata"]["facestudy"]
     assert meta["status"] == "failed" and meta["environment"]["torch"].startswith("2.13")
+
+
+def test_runtime_start_validates_before_work(monkeypatch):
+    from facestudy import runtime
+
+    with pytest.raises(ParameterError, match="valid devices"):
+        runtime.start("00_setup", profile="smoke", device="tpu")
+    with pytest.raises(ParameterError, match="valid profiles"):
+        runtime.start("00_setup", profile="fast")
+    with pytest.raises(ParameterError, match="seed must be an int"):
+        runtime.start("00_setup", profile="smoke", seed="0")
+    monkeypatch.setenv("FACESTUDY_OVERRIDES", json.dumps({"n_render": 3}))
+    run = runtime.start("00_setup", profile="smoke", device="cpu")
+    assert run.cfg.n_render == 3 and str(run.device) == "cpu"
+
+
+def test_seeding_repeats_exactly():
+    import torch
+
+    from facestudy import runtime
+
+    runtime.seed_everything(7)
+    a = torch.randn(5)
+    runtime.seed_everything(7)
+    assert torch.equal(a, torch.randn(5))
