@@ -43,6 +43,11 @@ def test_notebook_conventions(path: Path):
         assert params[name].type == kind
         assert params[name].help, f"{path.name}: parameter {name} needs a comment"
     assert all(p.help for p in params.values()), f"{path.name}: every parameter needs a comment"
+    from papermill.translators import PythonTranslator
+
+    cell = chapters.parameters_cell(nb)
+    parsed = [p.name for p in PythonTranslator.inspect({"source": "".join(cell["source"])})]
+    assert parsed == list(params), f"{path.name}: papermill cannot parse every parameter line (no '=' in comments)"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     idx = next(i for i, c in enumerate(code) if "parameters" in c["metadata"].get("tags", []))
     after = "".join(code[idx + 1]["source"])

@@ -22,13 +22,13 @@ EXECUTED_DIR = "book/executed"
 # into the "which chapters fall back to the synthetic world here" table.
 DATA_NEEDS: dict[str, list[str]] = {
     "00_setup": ["lfw"],
-    "00a_faceworld": ["mtcnn", "mobilefacenet-ms1m"],
-    "00b_models": ["lfw", "mobilefacenet-ms1m", "mobilefacenet-casia"],
-    "01_geometry": ["celeba10k", "lfw", "mobilefacenet-ms1m", "mobilefacenet-casia"],
-    "02_uiface": ["celeba_id299", "lfw", "mobilefacenet-ms1m"],
+    "00a_faceworld": ["mtcnn", "mobilefacenet_ms1m"],
+    "00b_models": ["lfw", "mobilefacenet_ms1m", "mobilefacenet_casia"],
+    "01_geometry": ["celeba10k", "lfw", "mobilefacenet_ms1m", "mobilefacenet_casia"],
+    "02_uiface": ["celeba_id299", "lfw", "mobilefacenet_ms1m"],
     "03_kprpe": ["celeba_id299", "lfw", "mtcnn"],
-    "04_facemint": ["lfw", "celeba10k", "celeba_id299", "utkface", "mobilefacenet-ms1m", "mtcnn"],
-    "05_distillation": ["celeba_id299", "lfw", "mobilefacenet-ms1m"],
+    "04_facemint": ["lfw", "celeba10k", "celeba_id299", "utkface", "mobilefacenet_ms1m", "mtcnn"],
+    "05_distillation": ["celeba_id299", "lfw", "mobilefacenet_ms1m"],
 }
 
 
@@ -129,6 +129,9 @@ def read_parameters(path: Path) -> dict[str, Parameter]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if "#" in line and "=" in line.split("#", 1)[1]:
+            raise ParameterError(f"{path.name}: parameters line {line!r}: no '=' in the comment "
+                                 "(papermill cannot parse it)")
         m = _PARAM_RE.match(line)
         if not m:
             raise ParameterError(f"{path.name}: parameters line {line!r} is not of the form "
