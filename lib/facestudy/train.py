@@ -1,0 +1,239 @@
+"""The one trainer every chapter uses (chapter 0b explains it; chapters 1, 3 and 5 train with it).
+
+``fit(model, head, faceset, ...)`` runs mini-batch training of a :class:`~facestudy.models.FaceModel`
+with a classification head from :mod:`facestudy.losses` (or ``head=None`` plus an ``extra_loss``, e.g.
+pure distillation). Features:
+
+- device ``auto`` (CUDA when present), AMP (float16 autocast + grad scaling) on CUDA only;
+- seeded: the sample order and the global RNG are re-seeded from (seed, epoch) at each epoch, so a CPU run
+  repeats exactly and a resumed run continues exactly where an uninterrupted one would be;
+- schedules ``cosine`` / ``step`` (``milestones`` in epochs, ``gamma``) / ``constant``, linear warm-up
+  (``warmup`` epochs), applied per step; SGD (momentum 0.9) or AdamW; gradient clipping;
+- ``augment(images)`` on the uint8 NCHW batch (or ``augment(images, keypoints=kp) -> (images, kp)`` when its
+  signature accepts ``keypoints``);
+- ``extra_loss(batch) -> (loss, logs)`` where ``batch`` has images (augmented, raw), inputs (preprocessed),
+  labels, index (FaceSet rows, for KD memory banks / teacher caches), embeddings, keypoints, model, step,
+  epoch;
+- KP-RPE: when ``model.uses_keypoints`` and the FaceSet has landmarks, ``model(x, keypoints=kp)`` with
+  ``kp = model.preprocess_keypoints(...)`` (normalised to the input frame);
+- checkpoint: saved atomically after every epoch; if the file exists at start, training resumes from it;
+- callbacks ``cb(epoch, model, history) -> dict | None`` every ``eval_every`` epochs (default every epoch),
+  their dicts are stored in the epoch record.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import ParameterError
+from .runtime import resolve_device, seed_everything
+
+SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class History:
+    """Per-step records (step, epoch, loss, lr, extra logs) and per-epoch records (metrics, time)."""
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Per-step DataFrame (one row per optimisation step)."""
+        return pd.DataFrame(self.steps)
+
+    def epoch_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.epochs)
+
+    @property
+    def last_loss(self) -> float:
+        return float(self.steps[-1]["loss"]) if self.steps else float("nan")
+
+    def state(self) -> dict[str, Any]:
+        return {"steps": self.steps, "epochs": self.epochs}
+
+
+def lr_at(step: int, total: int, base: float, schedule: str, warmup_steps: int, steps_per_epoch: int,
+          milestones: Sequence[float] = (), gamma: float = 0.1) -> float:
+    """Learning rate at optimisation ``step`` (0-based) of ``total``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base
+    if schedule == "step":
+        epoch = step / max(steps_per_epoch, 1)
+        return base * gamma ** sum(epoch >= m for m in milestones)
+    progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+    return base * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, epochs: int, batch_size: int,
+        lr: float, device: str | torch.device = "auto", schedule: str = "cosine", warmup: float = 0,
+        optimizer: str = "sgd", weight_decay: float | None = None, momentum: float = 0.9,
+        milestones: Sequence[float] = (), gamma: float = 0.1, augment: Callable | None = None,
+        extra_loss: Callable | None = None, grad_clip: float | None = None, checkpoint: str | Path | None = None,
+        callbacks: Sequence[Callable] = (), eval_every: int | None = None, seed: int = 0, progress: bool = True,
+        max_steps: int | None = None, drop_last: bool = True, amp: bool | None = None) -> History:
+    """Train ``model`` (+ ``head``) on ``faceset``; returns the :class:`History` (chapter 0b)."""
+    if schedule not in SCHEDULES:
+        raise ParameterError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ParameterError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ParameterError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if head is None and extra_loss is None:
+        raise ParameterError("fit needs a head, an extra_loss, or both")
+    labels_all = np.asarray(faceset.labels)
+    if head is not None:
+        n_classes = getattr(head, "n_classes", None)
+        if (labels_all < 0).any():
+            raise ParameterError(f"FaceSet {faceset.name!r} has unlabelled images (label -1); a head needs "
+                                 f"labels; pass faceset.subset(faceset.labels >= 0)")
+        if n_classes is not None and labels_all.max() >= n_classes:
+            raise ParameterError(f"FaceSet {faceset.name!r} has labels up to {labels_all.max()} but the head "
+                                 f"has n_classes={n_classes}; use faceset.relabel() or a bigger head")
+    n = len(faceset)
+    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if steps_per_epoch < 1:
+        raise ParameterError(f"batch_size={batch_size} exceeds the {n} images of {faceset.name!r}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    use_amp = (dev.type == "cuda") if amp is None else (bool(amp) and dev.type == "cuda")
+    model.to(dev)
+    if head is not None:
+        head.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if head is not None:
+        params += [p for p in head.parameters() if p.requires_grad]
+    if weight_decay is None:
+        weight_decay = 5e-4 if optimizer == "sgd" else 0.05
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    total = steps_per_epoch * epochs
+    if max_steps is not None:
+        total = min(total, int(max_steps))
+    warmup_steps = int(round(warmup * steps_per_epoch))
+    history = History()
+    start_epoch, step = 0, 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        if head is not None and state.get("head") is not None:
+            head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history = History(**state["history"])
+        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+    landmarks = None
+    if getattr(model, "uses_keypoints", False):
+        landmarks = faceset.landmarks
+    aug_kp = augment is not None and "keypoints" in inspect.signature(augment).parameters
+    images_np = faceset.images
+    hw = images_np.shape[1:3]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=min(step, total), desc=f"fit {getattr(model, 'name', '')}", leave=False)
+    try:
+        for epoch in range(start_epoch, epochs):
+            if step >= total:
+                break
+            seed_everything(seed * 100003 + epoch)
+            gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+            order = torch.randperm(n, generator=gen).numpy()
+            model.train()
+            if head is not None:
+                head.train()
+            t0 = time.perf_counter()
+            for b in range(steps_per_epoch):
+                if step >= total:
+                    break
+                idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+                imgs = torch.from_numpy(images_np[idx]).permute(0, 3, 1, 2).to(dev)
+                labels = torch.from_numpy(labels_all[idx]).to(dev)
+                kp = torch.from_numpy(landmarks[idx]).to(dev) if landmarks is not None else None
+                if augment is not None:
+                    if aug_kp:
+                        imgs, kp = augment(imgs, keypoints=kp)
+                    else:
+                        imgs = augment(imgs)
+                cur_lr = lr_at(step, total, lr, schedule, warmup_steps, steps_per_epoch, milestones, gamma)
+                for g in opt.param_groups:
+                    g["lr"] = cur_lr
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    x = model.preprocess(imgs)
+                    kw = {}
+                    if kp is not None:
+                        kw["keypoints"] = model.preprocess_keypoints(kp, hw)
+                    emb = model(x, **kw)
+                logs: dict[str, float] = {}
+                loss = torch.zeros((), device=dev)
+                if head is not None:
+                    cls = head(emb.float(), labels)
+                    loss = loss + cls
+                    logs["cls_loss"] = float(cls.detach())
+                if extra_loss is not None:
+                    batch = {"images": imgs, "inputs": x, "labels": labels, "index": torch.as_tensor(idx),
+                             "embeddings": emb, "keypoints": kp, "model": model, "step": step, "epoch": epoch}
+                    extra, extra_logs = extra_loss(batch)
+                    loss = loss + extra
+                    logs.update({k: float(v) for k, v in (extra_logs or {}).items()})
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {float(loss)} at step {step} (epoch {epoch}); lower "
+                                             f"lr (now {cur_lr:.3g}) or set grad_clip")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                history.steps.append({"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": cur_lr,
+                                      **logs})
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{cur_lr:.2g}")
+            record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
+                                      "loss": float(np.mean([s["loss"] for s in history.steps
+                                                             if s["epoch"] == epoch] or [np.nan]))}
+            every = eval_every or 1
+            if callbacks and ((epoch + 1) % every == 0 or epoch == epochs - 1 or step >= total):
+                for cb in callbacks:
+                    out = cb(epoch, model, history)
+                    if out:
+                        record.update(out)
+                model.train()
+            history.epochs.append(record)
+            if ckpt is not None:
+                _atomic_save({"model": model.state_dict(), "head": head.state_dict() if head is not None else None,
+                              "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                              "history": history.state(), "epoch": epoch, "step": step}, ckpt)
+    finally:
+        if bar is not None:
+            bar.close()
+    model.eval()
+    if head is not None:
+        head.eval()
+    return history
