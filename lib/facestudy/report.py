@@ -4,7 +4,7 @@ A chapter records each paper claim it tests with :func:`claim`. The verdict is n
 one of the rule functions below (:func:`greater`, :func:`ci_excludes_zero`, :func:`at_least`, ...) applied
 to measured values, and the rule's text is stored with it. Each claim is glued into the notebook
 (``<ID>_ours``, ``<ID>_verdict``) and appended to ``<records>/<chapter>.claims.json`` where ``records`` is
-``$FACESTUDY_RECORDS`` (set by ``facestudy run``) or the current directory. ``facestudy scorecard`` gathers
+``$FACESTUDY_RECORDS`` (set by ``facestudy run``) or ``<cache>/records``. ``facestudy scorecard`` gathers
 all chapters' records into the book's scorecard page.
 """
 from __future__ import annotations
@@ -148,7 +148,11 @@ def _begin_chapter(chapter: str, profile: str) -> None:
 
 
 def records_dir() -> Path:
-    return Path(os.environ.get("FACESTUDY_RECORDS", ".")).resolve()
+    """Where claim records go: $FACESTUDY_RECORDS (set by ``facestudy run``), else the cache's records/."""
+    if os.environ.get("FACESTUDY_RECORDS"):
+        return Path(os.environ["FACESTUDY_RECORDS"]).resolve()
+    cache = os.environ.get("FACESTUDY_CACHE") or Path.home() / ".cache" / "facestudy"
+    return Path(cache).expanduser().resolve() / "records"
 
 
 def claim(id: str, statement: str, *, paper: str, ours: Any, verdict: Verdict, evidence: str = "") -> Claim:
