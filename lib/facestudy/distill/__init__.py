@@ -1,1 +1,32 @@
-"""facestudy.distill"""
+"""facestudy.distill: chapter 5, unified knowledge distillation (ILED + RPSD) for face recognition.
+
+- :mod:`.losses`     ILED, RPSD (both reconstructed, every ambiguity a parameter) and the baselines
+                     (L2 feature KD, cosine KD, in-batch relational KD)
+- :mod:`.bank`       the FIFO memory bank of teacher embeddings used by RPSD
+- :mod:`.objective`  ``DistillLoss``: one configurable term per ablation row
+- :mod:`.teacher`    teacher-embedding cache (original + flipped images) and the glue to
+                     ``facestudy.train.fit(extra_loss=...)``
+- :mod:`.study`      the chapter's experiment runner (train a student per row, evaluate on pairs)
+
+The FR loss itself (SphereFace2) is ``facestudy.losses.make_head("sphereface2", ...)``.
+"""
+from .bank import MemoryBank
+from .losses import (
+    ILEDConfig,
+    RPSDConfig,
+    cosine_kd_loss,
+    iled_loss,
+    iled_weights,
+    l2_kd_loss,
+    relation_matrices,
+    relational_kd_loss,
+    rpsd_loss,
+)
+from .objective import METHODS, DistillConfig, DistillLoss
+from .teacher import TargetLookup, TeacherEmbeddings, as_extra_loss, teacher_embeddings
+
+__all__ = [
+    "MemoryBank", "ILEDConfig", "RPSDConfig", "cosine_kd_loss", "iled_loss", "iled_weights", "l2_kd_loss",
+    "relation_matrices", "relational_kd_loss", "rpsd_loss", "METHODS", "DistillConfig", "DistillLoss",
+    "TargetLookup", "TeacherEmbeddings", "as_extra_loss", "teacher_embeddings",
+]
