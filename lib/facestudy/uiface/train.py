@@ -1,0 +1,142 @@
+"""The one diffusion trainer of the book (chapter 2, UIFace §2.3): DDPM ε-prediction, EMA, checkpoint + resume.
+
+Face-recognition training lives in :func:`facestudy.train.fit`; this loop exists because a diffusion model
+has no classification head: it learns ``MSE(ε, ε̂(x_t, t, tokens))`` with t ~ U{0..T-1}. Each step
+re-seeds torch's global generator with ``seed`` and the step index, so batches, timesteps, noise, flips,
+context partial dropout and empty-context draws are the same whether a run is resumed or not.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError, ParameterError
+from .model import UIFaceGenerator
+from .sampling import DDPMSchedule
+
+
+class EMA:
+    """Exponential moving average of the weights with the warm-up of UIFace/IDiff-Face's ``utils/ema.py``.
+
+    decay(step) = min(max_decay, 1 − (1 + step / inv_gamma) ** −power)   (inv_gamma 1, power 0.75, max 0.9999).
+    """
+
+    def __init__(self, model: torch.nn.Module, inv_gamma: float = 1.0, power: float = 0.75,
+                 max_decay: float = 0.9999) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.inv_gamma, self.power, self.max_decay = inv_gamma, power, max_decay
+        self.step = 0
+
+    def decay(self) -> float:
+        value = 1 - (1 + self.step / self.inv_gamma) ** -self.power
+        return float(min(self.max_decay, max(0.0, value)))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = self.decay()
+        for pe, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        for be, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            be.copy_(b)
+        self.step += 1
+
+
+@dataclass
+class DiffusionHistory:
+    """Loss per step and timing of :func:`train_diffusion` (chapter 2)."""
+
+    loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int = 0
+    steps: int = 0
+
+
+def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.Tensor, *, steps: int,
+                    batch_size: int = 32, lr: float = 1e-4, device: torch.device | str = "cpu", seed: int = 0,
+                    restart_period: int = 10_000, flip: bool = True, checkpoint: str | Path | None = None,
+                    checkpoint_every: int = 200, schedule: DDPMSchedule | None = None,
+                    ema: EMA | None = None) -> tuple[EMA, DiffusionHistory]:
+    """Train ``gen`` on ``images`` (float NCHW in [-1, 1]) conditioned on ``identity`` (N, embed_dim).
+
+    Adam + CosineAnnealingWarmRestarts(T₀ = ``restart_period``) stepped every iteration, as in the paper.
+    With ``checkpoint`` set, the state (model, EMA, optimiser, scheduler, step, losses) is saved every
+    ``checkpoint_every`` steps and at the end; a later call with the same path resumes from it (and returns
+    at once when it already reached ``steps``). Returns the EMA and the loss history.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ParameterError(f"train_diffusion: images must be float (N, 3, H, W); got {tuple(images.shape)}")
+    if len(images) != len(identity):
+        raise ParameterError(f"train_diffusion: {len(images)} images but {len(identity)} identity embeddings")
+    if steps < 0 or batch_size < 1:
+        raise ParameterError(f"train_diffusion: steps must be >= 0 and batch_size >= 1 (got {steps}, {batch_size})")
+    device = torch.device(device)
+    sched = schedule or DDPMSchedule()
+    gen.to(device).train()
+    ema = ema or EMA(gen)
+    ema.model.to(device)
+    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    lr_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, restart_period))
+    hist = DiffusionHistory()
+    step = 0
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.exists():
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+        except Exception as exc:  # corrupt or foreign file
+            raise DataError(f"diffusion checkpoint {path} cannot be read ({exc}); delete it to retrain") from exc
+        if state.get("config") != gen.config_dict():
+            raise DataError(f"diffusion checkpoint {path} was trained with another generator config; delete it "
+                            f"or use another checkpoint path")
+        gen.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        ema.step = state["ema_step"]
+        opt.load_state_dict(state["opt"])
+        lr_sched.load_state_dict(state["lr_sched"])
+        step = state["step"]
+        hist.loss = list(state["loss"])
+        hist.resumed_from = step
+    images = images.to(device)
+    identity = identity.to(device).float()
+    n = len(images)
+    start = time.perf_counter()
+    while step < steps:
+        torch.manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, n, (batch_size,))
+        x0 = images[idx.to(device)]
+        if flip:
+            mask = torch.rand(batch_size) < 0.5
+            x0 = torch.where(mask.to(device)[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, sched.T, (batch_size,)).to(device)
+        noise = torch.randn(x0.shape).to(device)
+        tokens = gen.context(identity[idx.to(device)])
+        pred = gen(sched.q_sample(x0, t, noise), t, tokens)
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        ema.update(gen)
+        hist.loss.append(float(loss.detach()))
+        step += 1
+        if path is not None and (step % checkpoint_every == 0 or step == steps):
+            _save(path, gen, ema, opt, lr_sched, step, hist.loss)
+    hist.seconds = time.perf_counter() - start
+    hist.steps = step
+    gen.eval()
+    return ema, hist
+
+
+def _save(path: Path, gen: UIFaceGenerator, ema: EMA, opt, lr_sched, step: int, loss: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"config": gen.config_dict(), "model": gen.state_dict(), "ema": ema.model.state_dict(),
+                "ema_step": ema.step, "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "step": step,
+                "loss": loss}, tmp)
+    tmp.replace(path)
