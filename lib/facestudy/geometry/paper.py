@@ -1,0 +1,58 @@
+"""The paper profile's models for chapter 1 ("Attributes shape the embedding space").
+
+The paper studies FaceNet, ArcFace R18/R50, AdaFace R18 and SphereFaceR checkpoints (METHODS.md 4.1). They are
+not redistributable; a user puts them where the ``fr_checkpoints`` manifest says and this module loads them.
+A missing file raises :class:`~facestudy.errors.DataError` naming the file and the manifest. The manifest
+describes arcface_torch IResNet-50/100 and AdaFace IResNet-100 files; a FaceNet (Inception-ResNet-v1)
+checkpoint has no loader here, so the paper profile's Euclidean model is the softmax head trained in the chapter.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import DataError, ParameterError
+
+#: name -> (file in the fr_checkpoints manifest, IResNet depth, metric, state-dict key prefix to strip)
+PAPER_MODELS: dict[str, tuple[str, int, str, str]] = {
+    "arcface_r50": ("checkpoints/arcface_iresnet50.pth", 50, "cosine", ""),
+    "arcface_r100": ("checkpoints/arcface_iresnet100.pth", 100, "cosine", ""),
+    "adaface_r100": ("checkpoints/adaface_ir101_webface4m.ckpt", 100, "cosine", "model."),
+}
+
+
+def require(names: list[str] | tuple[str, ...]) -> None:
+    """Fail at once (DataError naming the file) if any paper checkpoint in ``names`` is absent. Chapter 1."""
+    from .. import data as fdata
+
+    for name in names:
+        if name not in PAPER_MODELS:
+            raise ParameterError(f"unknown paper model {name!r}; valid: {', '.join(PAPER_MODELS)}")
+        file = PAPER_MODELS[name][0]
+        try:
+            fdata.locate("fr_checkpoints", file)
+        except DataError as e:
+            raise DataError(f"chapter 1's paper profile needs the user-supplied checkpoint {file} (manifest "
+                            f"data_manifests/fr_checkpoints.yaml), or run profile='default'. {e}") from e
+
+
+def load_paper_model(name: str) -> torch.nn.Module:
+    """A user-supplied checkpoint as a FaceModel (chapter 1, paper profile)."""
+    from .. import data as fdata
+    from .. import models
+
+    if name not in PAPER_MODELS:
+        raise ParameterError(f"unknown paper model {name!r}; valid: {', '.join(PAPER_MODELS)}")
+    file, depth, _, prefix = PAPER_MODELS[name]
+    require([name])
+    path = fdata.locate("fr_checkpoints", file)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model = models.create(f"iresnet{depth}", embedding_dim=512)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if len(missing) > 2:
+        raise DataError(f"{path}: {len(missing)} weights missing for IResNet-{depth} (e.g. {missing[:3]}); "
+                        "is this the checkpoint the manifest describes?")
+    model.weights_tag = name
+    return model.eval()

@@ -1,0 +1,96 @@
+"""Tests of chapter 1's training, lattice and fine-tuning helpers (facestudy.geometry.finetune / lattices / world)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facestudy.errors import ParameterError
+from facestudy.geometry import finetune, lattices, world
+
+
+def test_attribute_augment_is_seeded_and_keeps_layout():
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 24, 24), dtype=np.uint8)
+    a1 = finetune.AttributeAugment("hue", p=1.0, seed=3)(torch.from_numpy(x))
+    a2 = finetune.AttributeAugment("hue", p=1.0, seed=3)(torch.from_numpy(x))
+    assert isinstance(a1, torch.Tensor) and a1.shape == (6, 3, 24, 24) and a1.dtype == torch.uint8
+    assert torch.equal(a1, a2)
+    assert not torch.equal(a1, torch.from_numpy(x))
+    none = finetune.AttributeAugment("roll", p=0.0, seed=0)(x.transpose(0, 2, 3, 1))
+    assert np.array_equal(none, x.transpose(0, 2, 3, 1))
+    with pytest.raises(ParameterError):
+        finetune.AttributeAugment("sharpness")
+
+
+def test_world_curves_with_a_fake_renderer():
+    def render_many(who, settings):
+        out = np.zeros((len(who), 8, 8, 3), np.uint8)
+        for i, s in enumerate(settings):
+            out[i] = int(100 + 50 * s["a"]) % 256
+        return out
+
+    images, table = lattices.world_curves(render_many, [0, 1], {"a": (0.0, 1.0, 0.2), "b": (0.0, 1.0, 0.2)},
+                                          n_curves=3, seed=0, discrete=["b"])
+    assert len(images) == len(table) == 2 * 2 * 3 * 3
+    moving_a = table[table.attribute == "a"].pivot_table(index=["identity", "curve"], columns="step", values="value")
+    assert np.allclose(moving_a[2] - moving_a[1], 0.2) and np.allclose(moving_a[1] - moving_a[0], 0.2)
+    # along a "b" curve the rendered pixel (which only depends on a) stays constant
+    b_rows = table[table.attribute == "b"].sort_values(["identity", "curve", "step"])["row"].to_numpy().reshape(-1, 3)
+    assert all(len(np.unique(images[r][:, 0, 0, 0])) == 1 for r in b_rows)
+    with pytest.raises(ParameterError):
+        lattices.world_curves(render_many, [0], {"a": (0.0, 0.1, 0.2)}, n_curves=3)
+
+
+def test_world_binary_attributes():
+    meta = pd.DataFrame({"eyeglasses": [0.0, 1.0], "yaw": [-10.0, 20.0], "resolution": [1.0, 0.5]})
+    t = world.world_binary_attributes(meta)
+    assert list(t["Eyeglasses"]) == [-1, 1] and list(t["Yaw_Right"]) == [-1, 1] and list(t["Low_Res"]) == [-1, 1]
+    with pytest.raises(ParameterError):
+        world.world_binary_attributes(pd.DataFrame({"x": [1]}))
+
+
+def test_shifted_verification_with_a_colour_sensitive_embedding():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+
+    def embed(x):
+        e = x.reshape(len(x), -1).astype(float)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    pairs = pd.DataFrame({"a": np.arange(0, 40, 2), "b": np.arange(1, 40, 2), "same": [True, False] * 10,
+                          "fold": np.repeat(np.arange(10), 2)})
+    images[1::4] = images[0::4]  # the "same" pairs are pixel-identical
+    out = finetune.shifted_verification(embed, images, pairs, "brightness", [0.0, 0.25])
+    assert list(out["value"]) == [0.0, 0.25]
+    assert out["accuracy"].iloc[0] == pytest.approx(1.0)
+
+
+def test_train_cached_trains_once_then_loads(tmp_path, monkeypatch):
+    from facestudy.data import FaceSet
+
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    fs = FaceSet(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(4), 4),
+                 pd.DataFrame(index=range(16)), name="tiny", source="synthetic")
+    kw = dict(backbone_kw={"embedding_dim": 16, "input_size": 32, "width": 8}, epochs=1, batch_size=8, lr=0.01)
+    m1, info1 = finetune.train_cached("smallcnn", "arcface", fs, **kw)
+    m2, info2 = finetune.train_cached("smallcnn", "arcface", fs, **kw)
+    assert not info1["loaded"] and info2["loaded"] and info1["path"] == info2["path"]
+    x = fs.images[:4]
+    assert torch.allclose(m1.embed(x), m2.embed(x))
+    _, info3 = finetune.train_cached("smallcnn", "arcface", fs, init=m1, tag="ft", **kw)
+    assert info3["path"] != info1["path"]
+    with pytest.raises(ParameterError):
+        finetune.train_cached("smallcnn", "arcface", fs.subset(np.arange(4, 16)), **kw)
+
+
+def test_paper_profile_missing_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
+    from facestudy.errors import DataError
+    from facestudy.geometry import paper
+
+    monkeypatch.setenv("FACESTUDY_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="arcface_iresnet50.pth"):
+        paper.require(["arcface_r50"])
+    with pytest.raises(ParameterError):
+        paper.require(["facenet"])
