@@ -24,6 +24,8 @@ from torch import nn
 
 from ..errors import ParameterError
 
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
 
 @dataclass
 class GeneratorConfig:
@@ -41,6 +43,7 @@ class GeneratorConfig:
     norm_groups: int = 8
     cpd: float = 0.25  # context partial dropout (IDiff-Face / UIFace)
     p_empty: float = 0.2  # probability of the learnable empty context during training
+    prediction: str = "epsilon"  # UNet target: "epsilon" (the paper) | "v_prediction" | "sample" (x0)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +58,9 @@ class GeneratorConfig:
         if self.image_size % (2 ** (len(self.channels) - 1)):
             raise ParameterError(f"uiface generator: image_size {self.image_size} must be divisible by "
                                  f"2**(levels-1) = {2 ** (len(self.channels) - 1)}")
+        if self.prediction not in PREDICTIONS:
+            raise ParameterError(f"uiface generator: prediction {self.prediction!r} is unknown; use one of "
+                                 f"{', '.join(PREDICTIONS)}")
         if not 0.0 <= self.cpd < 1.0 or not 0.0 <= self.p_empty <= 1.0:
             raise ParameterError(f"uiface generator: cpd must lie in [0, 1) and p_empty in [0, 1]; got "
                                  f"cpd={self.cpd}, p_empty={self.p_empty}")
@@ -104,7 +110,11 @@ class ContextEncoder(nn.Module):
 
 
 class UIFaceGenerator(nn.Module):
-    """Context encoder + diffusers UNet predicting the noise ε (chapter 2)."""
+    """Context encoder + diffusers UNet (chapter 2).
+
+    The UNet predicts ``config.prediction``: the noise ε (the paper), the velocity v = √ᾱ ε − √(1−ᾱ) x₀, or
+    the clean image x₀ ("sample"); :meth:`DDPMSchedule.split` turns any of them into (x̂₀, ε̂) for DDIM.
+    """
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
@@ -126,7 +136,7 @@ class UIFaceGenerator(nn.Module):
         self.n_levels = n
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """ε̂(x_t, t, tokens)."""
+        """The UNet output at (x_t, t, tokens): ε̂, v̂ or x̂₀ depending on ``config.prediction``."""
         return self.unet(x, t, encoder_hidden_states=tokens).sample
 
     def config_dict(self) -> dict:

@@ -108,7 +108,7 @@ def generator_config(cfg) -> GeneratorConfig:
     return GeneratorConfig(image_size=cfg.image_size, embed_dim=cfg.embed_dim, context_dim=cfg.context_dim,
                            n_tokens=cfg.n_tokens, token_dim=cfg.token_dim, channels=tuple(cfg.unet_channels),
                            attn_levels=tuple(cfg.attn_levels), head_dim=cfg.head_dim, norm_groups=cfg.norm_groups,
-                           cpd=cfg.cpd, p_empty=cfg.p_empty)
+                           cpd=cfg.cpd, p_empty=cfg.p_empty, prediction=cfg.prediction)
 
 
 def train_generator(cfg, td: TrainingData, device, seed: int = 0, checkpoint_dir: str | Path | None = None):
@@ -118,7 +118,8 @@ def train_generator(cfg, td: TrainingData, device, seed: int = 0, checkpoint_dir
 
     gcfg = generator_config(cfg)
     key = json.dumps({"g": gcfg.__dict__, "steps": cfg.train_steps, "bs": cfg.train_batch, "lr": cfg.lr,
-                      "seed": seed, "data": fseval.faceset_hash(td.faceset), "size": cfg.image_size},
+                      "lr_schedule": cfg.lr_schedule, "warmup": cfg.lr_warmup, "seed": seed,
+                      "data": fseval.faceset_hash(td.faceset), "size": cfg.image_size},
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     folder = Path(checkpoint_dir) if checkpoint_dir else data.cache_dir() / "uiface"
@@ -127,6 +128,7 @@ def train_generator(cfg, td: TrainingData, device, seed: int = 0, checkpoint_dir
     gen = UIFaceGenerator(gcfg)
     ema, hist = train_diffusion(gen, td.images, td.identity, steps=cfg.train_steps, batch_size=cfg.train_batch,
                                 lr=cfg.lr, device=device, seed=seed, checkpoint=path,
+                                lr_schedule=cfg.lr_schedule, warmup=cfg.lr_warmup,
                                 checkpoint_every=max(50, cfg.train_steps // 4))
     model = ema.model if cfg.use_ema else gen
     return model.eval(), hist, path

@@ -42,6 +42,33 @@ class DDPMSchedule:
         a = self.alphas_cumprod.to(x0.device)[t].float().view(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prediction: str) -> torch.Tensor:
+        """The regression target of training for ``prediction`` ("epsilon" | "v_prediction" | "sample")."""
+        if prediction == "epsilon":
+            return noise
+        if prediction == "sample":
+            return x0
+        if prediction == "v_prediction":
+            a = self.alphas_cumprod.to(x0.device)[t].float().view(-1, 1, 1, 1)
+            return a.sqrt() * noise - (1 - a).sqrt() * x0
+        raise ParameterError(f"unknown prediction type {prediction!r}; use epsilon, v_prediction or sample")
+
+    def split(self, x: torch.Tensor, out: torch.Tensor, a: float, prediction: str
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂₀, ε̂) from the model output ``out`` at x_t with ᾱ_t = ``a`` (DDIM needs both; chapter 2).
+
+        The three targets are affine in each other at fixed (x_t, t), so classifier-free guidance may combine
+        raw outputs before this conversion and gives the same result as combining ε̂.
+        """
+        sa, sb = math.sqrt(a), math.sqrt(1 - a)
+        if prediction == "epsilon":
+            return (x - sb * out) / sa, out
+        if prediction == "v_prediction":
+            return sa * x - sb * out, sb * x + sa * out
+        if prediction == "sample":
+            return out, (x - sa * out) / sb
+        raise ParameterError(f"unknown prediction type {prediction!r}; use epsilon, v_prediction or sample")
+
     def ddim_timesteps(self, steps: int) -> list[int]:
         """Descending DDIM timesteps; 50 steps of T = 1000 gives 980, 960, …, 20, 0."""
         if not 1 <= steps <= self.T:
@@ -220,9 +247,9 @@ def _sample_batch(gen: UIFaceGenerator, ident: torch.Tensor, x: torch.Tensor, cf
                     switched |= fire
             prev_map = a_t
         ctrl.reset()
-        # --- DDIM update (η = 0)
+        # --- DDIM update (η = 0); ``eps`` holds the (guided) raw model output until split into (x̂₀, ε̂)
         a_now, a_next = sched.alpha(t), sched.alpha(t - skip)
-        x0 = (x - math.sqrt(1 - a_now) * eps) / math.sqrt(a_now)
+        x0, eps = sched.split(x, eps, a_now, gen.config.prediction)
         if cfg.clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = (x - math.sqrt(a_now) * x0) / math.sqrt(1 - a_now)

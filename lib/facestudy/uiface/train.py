@@ -1,13 +1,16 @@
-"""The one diffusion trainer of the book (chapter 2, UIFace §2.3): DDPM ε-prediction, EMA, checkpoint + resume.
+"""The one diffusion trainer of the book (chapter 2, UIFace §2.3): DDPM training, EMA, checkpoint + resume.
 
 Face-recognition training lives in :func:`facestudy.train.fit`; this loop exists because a diffusion model
-has no classification head: it learns ``MSE(ε, ε̂(x_t, t, tokens))`` with t ~ U{0..T-1}. Each step
+has no classification head: it learns ``MSE(target, UNet(x_t, t, tokens))`` with t ~ U{0..T-1}, where the
+target is ε (the paper), v or x₀ as the generator's ``config.prediction`` says (see
+:meth:`DDPMSchedule.target`; v/x₀ fit far faster at high noise, which a CPU-sized run needs). Each step
 re-seeds torch's global generator with ``seed`` and the step index, so batches, timesteps, noise, flips,
 context partial dropout and empty-context draws are the same whether a run is resumed or not.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +65,13 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
                     batch_size: int = 32, lr: float = 1e-4, device: torch.device | str = "cpu", seed: int = 0,
                     restart_period: int = 10_000, flip: bool = True, checkpoint: str | Path | None = None,
                     checkpoint_every: int = 200, schedule: DDPMSchedule | None = None,
-                    ema: EMA | None = None) -> tuple[EMA, DiffusionHistory]:
+                    ema: EMA | None = None, lr_schedule: str = "restarts",
+                    warmup: int = 0) -> tuple[EMA, DiffusionHistory]:
     """Train ``gen`` on ``images`` (float NCHW in [-1, 1]) conditioned on ``identity`` (N, embed_dim).
 
-    Adam + CosineAnnealingWarmRestarts(T₀ = ``restart_period``) stepped every iteration, as in the paper.
+    Adam; ``lr_schedule="restarts"``: CosineAnnealingWarmRestarts(T₀ = ``restart_period``) stepped every
+    iteration, as in the paper; ``"cosine"``: one cosine decay from ``lr`` to 0 over ``steps`` (a short CPU
+    run). Either way the first ``warmup`` steps ramp the rate up linearly.
     With ``checkpoint`` set, the state (model, EMA, optimiser, scheduler, step, losses) is saved every
     ``checkpoint_every`` steps and at the end; a later call with the same path resumes from it (and returns
     at once when it already reached ``steps``). Returns the EMA and the loss history.
@@ -74,6 +80,9 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
         raise ParameterError(f"train_diffusion: images must be float (N, 3, H, W); got {tuple(images.shape)}")
     if len(images) != len(identity):
         raise ParameterError(f"train_diffusion: {len(images)} images but {len(identity)} identity embeddings")
+    if lr_schedule not in ("restarts", "cosine") or warmup < 0:
+        raise ParameterError(f"train_diffusion: lr_schedule must be 'restarts' or 'cosine' and warmup >= 0 "
+                             f"(got {lr_schedule!r}, {warmup})")
     if steps < 0 or batch_size < 1:
         raise ParameterError(f"train_diffusion: steps must be >= 0 and batch_size >= 1 (got {steps}, {batch_size})")
     device = torch.device(device)
@@ -82,7 +91,7 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
     ema = ema or EMA(gen)
     ema.model.to(device)
     opt = torch.optim.Adam(gen.parameters(), lr=lr)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, restart_period))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(lr_schedule, steps, warmup, restart_period))
     hist = DiffusionHistory()
     step = 0
     path = Path(checkpoint) if checkpoint else None
@@ -117,7 +126,7 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
         noise = torch.randn(x0.shape).to(device)
         tokens = gen.context(identity[idx.to(device)])
         pred = gen(sched.q_sample(x0, t, noise), t, tokens)
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred, sched.target(x0, t, noise, gen.config.prediction))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,6 +140,17 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
     hist.steps = step
     gen.eval()
     return ema, hist
+
+
+def _lr_factor(kind: str, steps: int, warmup: int, restart_period: int):
+    """Multiplier of the base rate at step k (linear warm-up, then cosine restarts or one cosine decay)."""
+    def factor(k: int) -> float:
+        w = min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0
+        if kind == "cosine":
+            span = max(1, steps - warmup)
+            return w * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, k - warmup) / span)))
+        return w * 0.5 * (1 + math.cos(math.pi * (k % max(1, restart_period)) / max(1, restart_period)))
+    return factor
 
 
 def _save(path: Path, gen: UIFaceGenerator, ema: EMA, opt, lr_sched, step: int, loss: list[float]) -> None:
