@@ -74,3 +74,16 @@ def test_prepare_subset_and_status_table():
     row = st.set_index("name").loc["lfw"]
     assert row["present"] == "2/2" and row["hash_ok"] and row["prepared"] in ("yes", "no")
     assert st.set_index("name").loc["insightface_bins", "user_supplied"]
+
+
+@pytest.mark.realdata
+def test_lfw_pairs_as_shipped_reads_the_tar_without_detection():
+    if not D.available("lfw"):
+        pytest.skip("LFW absent")
+    faces, pairs = D.lfw_pairs(4, as_shipped=True)
+    assert len(pairs) == 40 and pairs["same"].sum() == 20
+    assert faces.images.shape[1:] == (112, 112, 3) and faces.landmarks is None
+    assert faces.info["as_shipped"] and faces.source == "real"
+    # the same pair rows point at the same identities as the re-aligned protocol
+    assert (faces.meta["identity"].to_numpy()[pairs["a"]] == faces.meta["identity"].to_numpy()[pairs["b"]]
+            ).tolist() == pairs["same"].tolist()

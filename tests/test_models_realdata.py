@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from facestudy import data as fdata
 from facestudy import models as M
@@ -15,14 +14,6 @@ GOLDEN = {  # first 6 dims of the L2-normalised embedding of insightface's Tom_H
     "mobilefacenet-casia": [0.0658, 0.0003, 0.0423, -0.0584, 0.1901, 0.0642],
 }
 LFW_TARGET = {"mobilefacenet-ms1m": 0.990, "mobilefacenet-casia": 0.980}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _have(name: str) -> bool:
@@ -72,7 +63,10 @@ def test_full_lfw_accuracy(name):
         pytest.skip("LFW or the weights are absent")
     from facestudy.eval import evaluate_pairs
 
-    faces, pairs = fdata.lfw_pairs()
-    assert len(pairs) == 6000
-    r = evaluate_pairs(M.pretrained(name), faces, pairs, flip=True, cache=True)
+    # LFW-112 as shipped (no detection): the protocol of the README's measured 99.20 / 98.27, and fast on
+    # CI's fresh cache. Chapter 00b_models reports the re-aligned (ArcFace template) numbers as well.
+    faces, pairs = fdata.lfw_pairs(as_shipped=True)
+    assert len(pairs) == 6000 and len(faces) == 7701
+    r = evaluate_pairs(M.pretrained(name), faces, pairs, flip=True, cache=False)
+    print(f"{name}: LFW {100 * r.accuracy:.2f} +- {100 * r.accuracy_std:.2f} %")
     assert r.accuracy >= LFW_TARGET[name], r

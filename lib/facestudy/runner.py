@@ -100,7 +100,11 @@ def run_chapters(selection: str, profile: str, params: dict[str, str] | None = N
     for ch, typed, table_over in jobs:
         target = out / f"{ch.id}.ipynb"
         tmp = out / f".{ch.id}.running.ipynb"
-        env_backup = {k: os.environ.get(k) for k in ("FACESTUDY_RECORDS", "FACESTUDY_OVERRIDES")}
+        from .runtime import MALLOC_ENV
+
+        env_backup = {k: os.environ.get(k) for k in ("FACESTUDY_RECORDS", "FACESTUDY_OVERRIDES", *MALLOC_ENV)}
+        for k, v in MALLOC_ENV.items():
+            os.environ.setdefault(k, v)  # the kernel inherits them (see runtime.MALLOC_ENV)
         os.environ["FACESTUDY_RECORDS"] = str(out)
         os.environ["FACESTUDY_OVERRIDES"] = json.dumps(table_over)
         print(f"==> {ch.id} (profile={profile})", flush=True)
