@@ -12,16 +12,6 @@ from facestudy.data import FaceSet
 from facestudy.errors import ParameterError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and identically) on one thread, above all on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def test_best_threshold_exact():
     scores = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
     same = np.array([False, False, True, False, True, True])

@@ -14,7 +14,6 @@ from facestudy.interpret import saes
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     return models.create("smallcnn").eval()
 
 

@@ -32,7 +32,6 @@ SETTINGS = {
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_sae_reconstructs_toy_sparse_dictionary(name):
-    torch.set_num_threads(1)
     x, atoms = toy_problem()
     kind = name.split("-")[0]
     sae = saes.create(kind, d_in=16, n_latents=48, lr_warmup=20, **SETTINGS[name])

@@ -11,16 +11,6 @@ from facestudy.errors import ParameterError
 from facestudy.losses import SphereFace2Head, make_head, psi
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and identically) on one thread, above all on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _setup(head):
     """2-d embeddings and unit class weights at known angles."""
     with torch.no_grad():

@@ -13,16 +13,6 @@ from facestudy.losses import make_head
 from facestudy.train import fit, lr_at
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and identically) on one thread, above all on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _toy(n_id=4, per=4, size=16, seed=0, landmarks=False):
     rng = np.random.default_rng(seed)
     protos = rng.integers(0, 255, (n_id, 1, size, size, 3))

@@ -6,15 +6,6 @@ from diffusers.models.attention_processor import AttnProcessor
 from facestudy import uiface as U
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and immune to oversubscription on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_generator(seed: int = 0) -> U.UIFaceGenerator:
     torch.manual_seed(seed)
     cfg = U.GeneratorConfig(image_size=16, embed_dim=12, context_dim=16, n_tokens=4, token_dim=16,

@@ -9,15 +9,6 @@ from facestudy import uiface as U
 from facestudy.errors import ParameterError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and immune to oversubscription on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_config() -> U.GeneratorConfig:
     return U.GeneratorConfig(image_size=8, embed_dim=12, context_dim=16, n_tokens=4, token_dim=16,
                              channels=(8, 16), attn_levels=(False, True), head_dim=8, norm_groups=4)
