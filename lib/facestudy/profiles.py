@@ -44,14 +44,283 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         "gpu": {},
         "paper": {},
     },
-    "00a_faceworld": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
-    "00b_models": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
+    "00a_faceworld": {
+        "base": {
+            "image_size": 112,  # rendered size (px)
+            "n_grid": 24,  # identities in the identity grid
+            "lattice_attributes": ["yaw", "pitch", "roll", "light_azimuth", "light_elevation", "ambient", "smile",
+                                   "mouth_open", "eyes_closed", "age", "hair_color", "eyeglasses", "sunglasses",
+                                   "beard", "moustache", "hat", "mask", "background", "brightness", "contrast",
+                                   "hue", "blur", "resolution"],  # one lattice row per attribute
+            "n_overlay": 12,  # random-nuisance renders with landmark overlay
+            "n_identities": 40,  # make_faceset demo: identities
+            "n_per_identity": 4,  # make_faceset demo: images per identity
+            "n_detect": 120,  # near-frontal renders given to MTCNN
+            "n_verify_identities": 80,  # identities for the MobileFaceNet verification check
+            "n_verify_per_identity": 4,  # images per identity (near-frontal, mild light changes)
+            "n_pairs": 600,  # verification pairs (half same, half different)
+            "realism": True,  # run the MTCNN / MobileFaceNet checks when their files are present
+        },
+        "smoke": {"n_grid": 8, "lattice_attributes": ["yaw", "eyeglasses", "age"], "n_overlay": 4,
+                  "n_identities": 3, "n_per_identity": 2, "n_detect": 8, "n_verify_identities": 6,
+                  "n_verify_per_identity": 2, "n_pairs": 24},
+        "default": {},
+        "gpu": {"n_detect": 400, "n_verify_identities": 300, "n_pairs": 3000},
+        "paper": {"n_detect": 1000, "n_verify_identities": 1000, "n_verify_per_identity": 6, "n_pairs": 6000},
+    },
+    "00b_models": {
+        "base": {"pairs_per_fold": 600,  # LFW View-2 pairs per fold (600 = the full protocol, 6000 pairs)
+                 "batch_size": 128,  # embedding batch size
+                 "synthetic_identities": 40},  # faceworld fallback size when LFW / weights are absent
+        "smoke": {"pairs_per_fold": 4, "synthetic_identities": 10},
+        "default": {},
+        "gpu": {"batch_size": 512},
+        "paper": {},
+    },
     # --- chapter sections below are owned by each chapter's subpackage -------------------------------
-    "01_geometry": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
-    "02_uiface": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
-    "03_kprpe": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
-    "04_facemint": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
-    "05_distillation": {"base": {}, "smoke": {}, "default": {}, "gpu": {}, "paper": {}},
+    "01_geometry": {
+        "base": {
+            "real_data": True,  # use CelebA-10k / CelebA-id299 when present (else the synthetic world, announced)
+            "real_models": ["mobilefacenet-ms1m", "mobilefacenet-casia"],  # pretrained models (facestudy.models)
+            "paper_checkpoints": [],  # paper profile: manifest names of user-supplied FaceNet/ArcFace/AdaFace
+            "celeba_limit": 3000,  # CelebA-10k images for the macroscale test (0 = all 10k)
+            "world_macro_ids": 150,  # synthetic fallback: identities x images for the macroscale test
+            "world_macro_per_id": 3,
+            "n_max": 300,  # KS: images per modality, n = min(n_max, |X+|, |X-|) (paper: 500)
+            "n_boot": 10,  # bootstrap replicates of the KS CIs (real models only)
+            "probe_limit": 1000,  # images used by the 5-fold logistic probes
+            "heads": ["softmax", "arcface", "cosface", "adaface"],  # loss families trained here
+            "backbone": "smallcnn",
+            "backbone_kw": {"embedding_dim": 128, "input_size": 48, "width": 16},
+            "train_data": "celeba_id299",  # celeba_id299 | world
+            "train_limit": 1500,  # training images (whole identities)
+            "train_world_ids": 60,  # when train_data = world: identities x images rendered at 64 px
+            "train_world_per_id": 10,
+            "epochs": 2,
+            "batch_size": 64,
+            "lr": 0.1,
+            "world_ids": 3,  # synthetic lattices: identities, curves per attribute, render size
+            "world_curves": 11,
+            "world_size": 48,
+            "world_attributes": ["yaw", "pitch", "age", "hair_colour", "illumination", "expression", "eyeglasses",
+                                 "brightness", "contrast", "hue"],
+            "real_ids": 4,  # real-face lattices: identities, curves per op
+            "real_curves": 11,
+            "real_attributes": ["brightness", "contrast", "hue", "blur", "roll", "scale"],
+            "k": 10,  # kNN neighbourhood of the energy
+            "ft_attribute": "hue",  # fine-tuning validation: augmented attribute
+            "ft_epochs": 1,
+            "ft_lr": 0.02,
+            "lfw_pairs_per_fold": 30,  # shifted verification: LFW pairs per fold
+        },
+        "smoke": {
+            "real_data": False, "real_models": ["mobilefacenet-ms1m"], "n_max": 40, "n_boot": 5,
+            "world_macro_ids": 20, "world_macro_per_id": 2, "probe_limit": 40,
+            "heads": ["softmax", "arcface"], "backbone_kw": {"embedding_dim": 32, "input_size": 32, "width": 8},
+            "train_data": "world", "train_world_ids": 8, "train_world_per_id": 4, "epochs": 1, "batch_size": 16,
+            "world_ids": 2, "world_curves": 4, "world_size": 48,
+            "world_attributes": ["yaw", "brightness"], "real_ids": 2, "real_curves": 4,
+            "real_attributes": ["brightness", "roll"], "k": 3, "ft_epochs": 1, "lfw_pairs_per_fold": 4,
+        },
+        "default": {},
+        "gpu": {
+            "celeba_limit": 0, "n_max": 500, "n_boot": 100, "probe_limit": 10000, "backbone": "iresnet18",
+            "backbone_kw": {"embedding_dim": 512}, "train_limit": 0, "epochs": 20, "batch_size": 256,
+            "world_ids": 20, "world_curves": 100, "world_size": 112, "real_ids": 40, "real_curves": 100,
+            "ft_epochs": 4, "lfw_pairs_per_fold": 300,
+        },
+        "paper": {
+            "celeba_limit": 0, "n_max": 500, "n_boot": 200, "probe_limit": 10000,
+            "paper_checkpoints": ["arcface_r50", "arcface_r100", "adaface_r100"],
+            "backbone": "iresnet50", "backbone_kw": {"embedding_dim": 512}, "train_limit": 0, "epochs": 20,
+            "batch_size": 256, "world_ids": 50, "world_curves": 300, "world_size": 112, "real_ids": 100,
+            "real_curves": 300, "ft_epochs": 4, "lfw_pairs_per_fold": 300,
+        },
+    },
+    "02_uiface": {
+        "base": {
+            # training data: CelebA-id299 (aligned real faces) or the synthetic world
+            "train_limit": 3000,  # images read from CelebA-id299 (0 = all 6,263)
+            "train_images": 2000,  # training faces kept
+            "train_per_identity": 8,  # at most this many faces per identity
+            # generator (pixel space; the paper's VQ-f4 latent needs weights we lack)
+            "image_size": 32, "embed_dim": 128, "context_dim": 256, "n_tokens": 8, "token_dim": 64,
+            "unet_channels": [16, 32, 64, 64], "attn_levels": [False, False, True, True], "head_dim": 16,
+            "norm_groups": 8,
+            "cpd": 0.25,  # context partial dropout
+            "p_empty": 0.2,  # learnable empty context probability
+            # x0 ("sample") prediction + one cosine decay: on a CPU budget an eps-model is still coloured noise
+            # after a few hundred steps, an x0-model already gives blurry faces (paper: eps, restarts)
+            "prediction": "sample", "lr_schedule": "cosine", "lr_warmup": 30,
+            "train_steps": 300, "train_batch": 32, "lr": 2e-3,  # paper: 900k steps, batch 512, lr 1e-4
+            "use_ema": True,
+            # sampling (DDIM, eta = 0); 25 steps on CPU to fit the budget (paper and gpu: 50)
+            "ddim_steps": 25, "guidance": 1.0, "t0": 500, "th": 0.005, "sample_batch": 64,
+            "n_candidates": 32,  # empty-context samples screened for synthetic identities
+            "filter_threshold": 0.3,  # keep a candidate if its cosine to all kept ones is below this
+            "n_identities": 8, "n_per_identity": 4,  # synthetic set per sampling mode
+            "intervals": [[500, 1000], [0, 500], [0, 1000]],  # Fig. 2: identity only for lo <= t < hi
+            "interval_identities": 4, "interval_per_identity": 3,
+            # metrics
+            "diversity_layers": ["conv1", "conv2_dw"], "recall_k": 10, "n_real_recall": 300,
+            # downstream FR (same backbone for every set), evaluated on real LFW pairs
+            "fr_size": 32, "fr_stages": 3, "fr_width": 16, "fr_dim": 64, "fr_head": "arcface",
+            "fr_epochs": 15, "fr_batch": 16, "fr_lr": 0.05, "lfw_per_fold": 30,
+            # paper profile: user-supplied files (see the notebook)
+            "generator_checkpoint": "", "autoencoder_checkpoint": "",
+        },
+        "smoke": {"train_limit": 96, "train_images": 96, "train_per_identity": 4,
+                  "unet_channels": [8, 16, 16], "attn_levels": [False, True, True], "head_dim": 8,
+                  "norm_groups": 4, "n_tokens": 4, "token_dim": 16, "context_dim": 32, "image_size": 16,
+                  "train_steps": 4, "train_batch": 8, "ddim_steps": 5, "n_candidates": 6, "n_identities": 2,
+                  "n_per_identity": 3, "intervals": [[500, 1000], [0, 500]], "interval_identities": 2,
+                  "interval_per_identity": 2, "recall_k": 2, "n_real_recall": 20, "fr_size": 16, "lr_warmup": 1,
+                  "fr_stages": 2, "fr_width": 8, "fr_epochs": 1, "fr_batch": 4, "lfw_per_fold": 4},
+        "default": {},
+        "gpu": {"train_limit": 0, "train_images": 6263, "train_per_identity": 30, "image_size": 64,
+                "unet_channels": [64, 128, 128, 256], "attn_levels": [False, True, True, True], "head_dim": 32,
+                "norm_groups": 32, "n_tokens": 32, "token_dim": 256, "train_steps": 30000, "train_batch": 64,
+                "lr": 2e-4, "lr_warmup": 500, "ddim_steps": 50, "n_candidates": 1000, "n_identities": 200,
+                "n_per_identity": 20,
+                "interval_identities": 50, "interval_per_identity": 10, "sample_batch": 500,
+                "fr_size": 64, "fr_stages": 4, "fr_width": 32, "fr_dim": 128, "fr_epochs": 30, "fr_batch": 128,
+                "fr_lr": 0.1, "lfw_per_fold": 600},
+        "paper": {"prediction": "epsilon", "lr_schedule": "restarts", "lr": 1e-4, "ddim_steps": 50,
+                  "train_limit": 0, "train_images": 6263, "image_size": 128, "n_tokens": 32, "token_dim": 256,
+                  "n_candidates": 20000, "n_identities": 10000, "n_per_identity": 50, "sample_batch": 50,
+                  "generator_checkpoint": "uiface/uiface_unet.ckpt",
+                  "autoencoder_checkpoint": "uiface/vq-f4.ckpt", "lfw_per_fold": 600},
+    },
+    "03_kprpe": {
+        "base": {
+            # the face ViT (METHODS.md §1.1) at CPU scale: 64x64 input, patch 8 -> 8x8 = 64 tokens
+            "image_size": 64, "patch": 8, "dim": 96, "depth": 4, "heads": 4, "mlp_ratio": 3.0,
+            "embedding_dim": 128, "drop_path": 0.0,
+            # training data: real identities (CelebA-id299, CelebA-10k ids with >= 2 images) + synthetic
+            "id299_limit": 2500, "celeba10k_limit": 600, "synth_identities": 60, "synth_per_identity": 8,
+            # AdaFace training (§1.6) with the §1.7 augmentation family, scaled down
+            "epochs": 6, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "warmup": 0.3,
+            # evaluation: LFW View-2 pairs kept per fold (balanced), three conditions
+            "lfw_pairs_per_fold": 40,
+            # ablations: keypoint subsets (5 = all, 3 = eyes + nose, 2 = eyes) and landmark noise alphas
+            "keypoint_counts": [5, 2], "noise_alphas": [0.0, 0.025, 0.05, 0.1],
+            # overhead measurement (K4)
+            "overhead_batch": 32, "overhead_steps": 3, "overhead_repeats": 3,
+            # paper profile: a user-supplied CVLface KP-RPE checkpoint, relative to the data root
+            "paper_checkpoint": "",
+        },
+        "smoke": {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0, "embedding_dim": 32,
+                  "id299_limit": 0, "celeba10k_limit": 0, "synth_identities": 8, "synth_per_identity": 4,
+                  "epochs": 1, "batch_size": 32, "lfw_pairs_per_fold": 2, "noise_alphas": [0.0, 0.1],
+                  "overhead_batch": 8, "overhead_steps": 1, "overhead_repeats": 1},
+        "default": {},
+        "gpu": {"image_size": 112, "dim": 256, "depth": 8, "heads": 8, "mlp_ratio": 3.0, "embedding_dim": 256,
+                "drop_path": 0.1, "id299_limit": 6263, "celeba10k_limit": 10000, "synth_identities": 1000,
+                "synth_per_identity": 10, "epochs": 20, "batch_size": 256, "lr": 5e-4,
+                "lfw_pairs_per_fold": 600, "keypoint_counts": [5, 3, 2], "overhead_batch": 128,
+                "overhead_steps": 10},
+        "paper": {"image_size": 112, "dim": 512, "depth": 24, "heads": 16, "mlp_ratio": 3.0,
+                  "embedding_dim": 512, "drop_path": 0.1, "lfw_pairs_per_fold": 600,
+                  "keypoint_counts": [5, 3, 2], "paper_checkpoint": "models/cvlface-kprpe-base/model.pt"},
+    },
+    "04_facemint": {
+        "base": {
+            "model": "mobilefacenet-ms1m",  # FR model whose templates and layers we study
+            "checkpoint": "",  # paper profile: user-supplied checkpoint path (data_manifests/fr_checkpoints.yaml)
+            "datasets": ["celeba10k", "utkface", "celeba_id299", "lfw"],  # real face sets embedded
+            "limit_per_set": 500,  # images per real set (0 = all ~40k; embedding them all takes long on a CPU)
+            "synthetic_identities": 60,  # fallback synthetic world: identities ...
+            "synthetic_per_identity": 6,  # ... and images per identity
+            "eval_fraction": 0.2,  # held-out templates for the SAE metrics
+            "expansion": 2,  # SAE latents = expansion x 128; keep latents << templates (the paper: 65,536 latents)
+            "sae_steps": 400,  # Adam steps per SAE
+            "sae_lr": 3e-3,  # Adam learning rate of every SAE in the grid
+            "batch_size": 256,  # templates per step
+            "grid_l1": [0.3, 1.0, 3.0, 10.0],  # vanilla lambda grid (log; inputs scaled to E||x|| = sqrt(d))
+            "grid_gated_l1": [1.0, 3.0, 10.0],  # gated lambda grid (log)
+            "grid_k": [4, 16, 64],  # TopK k grid
+            "grid_l0": [1e-3, 1e-2],  # JumpReLU lambda grid (L0 penalty)
+            "jumprelu_bandwidth": 0.001,  # eps = theta0 (paper); SAELens now uses 0.05
+            "ev_target": 0.8,  # "best model" = sparsest run with held-out explained variance >= this
+            "main_kind": "topk",  # SAE variant used for densities, dataset search, AUROC scores and act-max
+            "ablation_kind": "vanilla",  # SAE variant for the ablation table (TopK's L0 is fixed at k)
+            "n_show": 6,  # images per row in dataset-search grids
+            "n_features": 4,  # features shown in dataset search
+            "contrast_n": 20,  # images in each contrastive set
+            "ablation_n": 12,  # faces per edit (synthetic and real overlays)
+            "actmax_size": 64,  # act-max canvas (px; resized to 112 for the model)
+            "actmax_steps": 40,  # Adam steps per act-max image
+            "actmax_lr": 0.05,  # Adam learning rate (Lucid default)
+            "dip_channels": 16,  # DIP skip-net width (the DIP paper uses 128)
+            "dip_scales": 4,  # DIP skip-net depth (the DIP paper uses 5)
+            "early_layer": "conv2_dw",  # "early channel" of the act-max grid
+            "late_layer": "conv_sep",  # "last layer" of the act-max grid
+        },
+        "smoke": {"datasets": ["celeba10k", "utkface"], "limit_per_set": 40, "synthetic_identities": 8,
+                  "synthetic_per_identity": 4, "expansion": 2, "sae_steps": 15, "grid_l1": [1.0],
+                  "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [1e-3], "n_show": 4, "n_features": 2,
+                  "contrast_n": 5, "ablation_n": 3, "actmax_size": 48, "actmax_steps": 2, "dip_channels": 8,
+                  "dip_scales": 3},
+        "default": {},
+        "gpu": {"limit_per_set": 0, "synthetic_identities": 500, "synthetic_per_identity": 20, "expansion": 512,
+                "sae_steps": 20000, "batch_size": 4096, "grid_l1": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0],
+                "grid_gated_l1": [0.3, 1.0, 3.0, 10.0], "grid_k": [8, 16, 32, 64, 128],
+                "grid_l0": [1e-4, 1e-3, 1e-2, 1e-1], "n_show": 8, "n_features": 8, "contrast_n": 50,
+                "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "dip_channels": 128, "dip_scales": 5},
+        "paper": {"model": "checkpoint", "limit_per_set": 0, "expansion": 512, "sae_steps": 20000,
+                  "batch_size": 4096, "grid_l1": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0], "grid_k": [8, 16, 32, 64, 128],
+                  "grid_l0": [1e-4, 1e-3, 1e-2, 1e-1], "n_show": 8, "n_features": 8, "contrast_n": 50,
+                  "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "dip_channels": 128, "dip_scales": 5},
+    },
+    "05_distillation": {
+        "base": {
+            "teacher": "mobilefacenet-ms1m",  # frozen teacher (facestudy.models.pretrained name)
+            "teacher_checkpoint": "",  # paper: user-supplied IResNet-100 state dict, relative to a data root
+            "teacher_arch": "iresnet100",  # architecture of teacher_checkpoint (paper profile)
+            "train_manifest": "",  # paper: user-supplied train.rec (MS1MV2), relative to a data root
+            "student": "smallcnn",  # student backbone (facestudy.models.create name)
+            "student_kw": {"width": 16, "stages": 4},  # extra constructor arguments of the student
+            "student_size": 48,  # student input resolution in px (the teacher sees 112)
+            "train_data": "celeba_id299",  # celeba_id299 | celeba10k | synthetic | rec (paper); FR + KD data
+            "train_identities": 200,  # identities kept (those with >= min_per_identity images)
+            "min_per_identity": 2,  # images an identity needs to be kept
+            "max_per_identity": 6,  # images kept per identity
+            "synthetic_per_identity": 6,  # images per identity in the synthetic-world fallback
+            "epochs": 10,  # training epochs per ablation row (~15 s a row on 2 CPU cores)
+            "batch_size": 32,  # batch size (the RPSD bank holds bank_multiple x batch_size)
+            "lr": 0.05,  # SGD learning rate (cosine schedule)
+            "fr_head": "sphereface2",  # FR loss (facestudy.losses.make_head name)
+            "rows": ["none", "iled", "rpsd", "iled+rpsd", "rpsd_nobank", "l2", "cosine", "relational"],
+            "sweep_s": [0.8],  # ILED target cosine s values besides the paper's 0.9
+            "sweep_r": [20.0],  # ILED scale r values besides the paper's 40
+            "sweep_t": [0.1],  # RPSD mining threshold t values besides the paper's 0.05
+            "iled_r": 40.0, "iled_s": 0.9, "iled_b": 0.1,  # ILED (reconstructed), paper values
+            "iled_b_placement": "bias",  # "bias": softplus(r(s-c)+b) | "margin": softplus(r(s+b-c))
+            "rpsd_t": 0.05, "rpsd_r": 60.0, "rpsd_b": 1.0,  # RPSD (reconstructed), paper values
+            "rpsd_form": "softplus",  # softplus | l2 | l1 penalty on mined relation gaps
+            "rpsd_include_batch": False,  # add in-batch relations to the bank relations
+            "bank_multiple": 3,  # memory bank = 3 x batch size teacher embeddings
+            "lambda_iled": 1.0,  # weight of ILED
+            "lambda_rpsd": 40.0,  # weight of RPSD (the paper's lambda = 40; which term it weights is unknown)
+            "lambda_baseline": 1.0,  # weight of the L2 / cosine / relational baselines
+            "lfw_pairs_per_fold": 60,  # LFW pairs kept per fold (of 600); 10 folds
+            "speed_images": 64,  # images timed for the params-and-speed table
+        },
+        "smoke": {"train_data": "synthetic", "train_identities": 12, "max_per_identity": 4,
+                  "synthetic_per_identity": 4, "epochs": 1, "batch_size": 16,
+                  "student_kw": {"width": 8, "stages": 3}, "student_size": 32,
+                  "rows": ["none", "iled+rpsd"], "sweep_s": [], "sweep_r": [], "sweep_t": [],
+                  "lfw_pairs_per_fold": 4, "speed_images": 8},
+        "default": {},
+        "gpu": {"student": "mobilefacenet", "student_kw": {"width": 0.5}, "student_size": 112,
+                "train_identities": 299, "max_per_identity": 30, "epochs": 30, "batch_size": 128, "lr": 0.1,
+                "sweep_s": [0.7, 0.8, 0.95], "sweep_r": [10.0, 20.0, 80.0], "sweep_t": [0.0, 0.02, 0.1, 0.2],
+                "lfw_pairs_per_fold": 600, "speed_images": 512},
+        "paper": {"student": "mobilefacenet", "student_kw": {"width": 1.0}, "student_size": 112,
+                  "teacher_checkpoint": "checkpoints/arcface_iresnet100.pth", "train_manifest": "ms1m/train.rec",
+                  "train_data": "rec", "train_identities": 85742, "max_per_identity": 1000, "epochs": 26,
+                  "batch_size": 512, "lr": 0.1, "lfw_pairs_per_fold": 600, "speed_images": 512},
+    },
 }
 
 
