@@ -126,8 +126,11 @@ def run_chapters(selection: str, profile: str, params: dict[str, str] | None = N
                 "status": status, "error": error, "wall_s": round(wall, 2), "environment": environment(),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         if tmp.exists():
-            _hide_injected(tmp, meta)
-            os.replace(tmp, target)
+            try:
+                _hide_injected(tmp, meta)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
         res = RunResult(ch.id, profile, status, wall, str(target), error)
         atomic_write_text(out / f"{ch.id}.run.json", json.dumps({**asdict(res), **meta}, indent=2))
         results.append(res)
