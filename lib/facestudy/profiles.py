@@ -60,10 +60,25 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "n_verify_per_identity": 4,  # images per identity (near-frontal, mild light changes)
             "n_pairs": 600,  # verification pairs (half same, half different)
             "realism": True,  # run the MTCNN / MobileFaceNet checks when their files are present
+            "fr_train_ids": 100,  # world-trained FR check: training identities
+            "fr_per_id": 10,  # training renders per identity (random nuisance)
+            "fr_test_ids": 40,  # held-out identities (identity_offset = fr_train_ids)
+            "fr_test_per_id": 5,  # renders per held-out identity
+            "fr_pairs": 600,  # held-out verification pairs (10 identity-disjoint folds)
+            "fr_size": 64,  # render / input size (px) of the small model
+            "fr_width": 16,  # smallcnn base width
+            "fr_embedding_dim": 128,  # embedding size
+            "fr_scale": 32.0,  # ArcFace scale s
+            "fr_margin": 0.3,  # ArcFace additive angular margin m2 (rad)
+            "fr_epochs": 20,  # training epochs
+            "fr_batch_size": 64,  # training batch size
+            "fr_lr": 0.1,  # SGD learning rate (cosine schedule, 1 warm-up epoch)
         },
         "smoke": {"n_grid": 8, "lattice_attributes": ["yaw", "eyeglasses", "age"], "n_overlay": 4,
                   "n_identities": 3, "n_per_identity": 2, "n_detect": 8, "n_verify_identities": 6,
-                  "n_verify_per_identity": 2, "n_pairs": 24},
+                  "n_verify_per_identity": 2, "n_pairs": 24,
+                  "fr_train_ids": 8, "fr_per_id": 4, "fr_test_ids": 6, "fr_test_per_id": 2, "fr_pairs": 24,
+                  "fr_size": 32, "fr_width": 8, "fr_embedding_dim": 32, "fr_epochs": 1, "fr_batch_size": 16},
         "default": {},
         "gpu": {"n_detect": 400, "n_verify_identities": 300, "n_pairs": 3000},
         "paper": {"n_detect": 1000, "n_verify_identities": 1000, "n_verify_per_identity": 6, "n_pairs": 6000},
@@ -199,7 +214,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             # training data: real identities (CelebA-id299, CelebA-10k ids with >= 2 images) + synthetic
             "id299_limit": 2500, "celeba10k_limit": 600, "synth_identities": 60, "synth_per_identity": 8,
             # AdaFace training (§1.6) with the §1.7 augmentation family, scaled down
-            "epochs": 6, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "warmup": 0.3,
+            "epochs": 3, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "warmup": 0.3,
             # evaluation: LFW View-2 pairs kept per fold (balanced), three conditions
             "lfw_pairs_per_fold": 40,
             # ablations: keypoint subsets (5 = all, 3 = eyes + nose, 2 = eyes) and landmark noise alphas
@@ -282,11 +297,11 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "student_kw": {"width": 16, "stages": 4},  # extra constructor arguments of the student
             "student_size": 48,  # student input resolution in px (the teacher sees 112)
             "train_data": "celeba_id299",  # celeba_id299 | celeba10k | synthetic | rec (paper); FR + KD data
-            "train_identities": 200,  # identities kept (those with >= min_per_identity images)
+            "train_identities": 100,  # identities kept (those with >= min_per_identity images)
             "min_per_identity": 2,  # images an identity needs to be kept
             "max_per_identity": 6,  # images kept per identity
             "synthetic_per_identity": 6,  # images per identity in the synthetic-world fallback
-            "epochs": 10,  # training epochs per ablation row (~15 s a row on 2 CPU cores)
+            "epochs": 2,  # training epochs per ablation row
             "batch_size": 32,  # batch size (the RPSD bank holds bank_multiple x batch_size)
             "lr": 0.05,  # SGD learning rate (cosine schedule)
             "fr_head": "sphereface2",  # FR loss (facestudy.losses.make_head name)
