@@ -10,6 +10,7 @@ import torch
 from scipy.stats import rankdata
 
 from ..errors import ParameterError
+from ..runtime import torch_threads
 from . import saes
 from .saes import metrics
 
@@ -156,21 +157,6 @@ def densities(codes: dict[str, torch.Tensor], threshold: float = 0.0) -> dict[st
     return {k: metrics.density(v, threshold).numpy() for k, v in codes.items()}
 
 
-class cpu_threads:
-    """Context manager capping torch's intra-op CPU threads (restored on exit). Small batches run much
-    faster single-threaded on a shared CPU (chapter 4 measured 5-15x)."""
-
-    def __init__(self, n: int | None = 1):
-        self.n = n
-
-    def __enter__(self) -> "cpu_threads":
-        self.saved = torch.get_num_threads()
-        if self.n is not None:
-            torch.set_num_threads(max(1, int(self.n)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.saved)
 
 
 def ablation_effect(model, sae, before: np.ndarray, after: np.ndarray, unit: int | None = None
@@ -180,7 +166,7 @@ def ablation_effect(model, sae, before: np.ndarray, after: np.ndarray, unit: int
 
     ``unit=None`` picks, per edit set, the latent whose mean activation drops most.
     """
-    with cpu_threads(1 if len(before) <= 64 else None):
+    with torch_threads(1 if len(before) <= 64 else None):
         raw_b = model.embed(before, normalize=False)
         raw_a = model.embed(after, normalize=False)
     tb, ta = torch.nn.functional.normalize(raw_b, dim=1), torch.nn.functional.normalize(raw_a, dim=1)
@@ -200,11 +186,11 @@ def ablation_effect(model, sae, before: np.ndarray, after: np.ndarray, unit: int
 def templates(model, sets: Sequence, cache: bool = True, threads: int | None = 1) -> torch.Tensor:
     """L2-normalised templates of several FaceSets, stacked (cached by facestudy.eval.embed_cached).
 
-    ``threads`` caps torch's CPU threads while embedding (None = unchanged; see :class:`cpu_threads`)."""
+    ``threads`` caps torch's CPU threads while embedding (None = unchanged; see :class:`facestudy.runtime.torch_threads`)."""
     from .. import eval as fseval
 
     out = []
-    with cpu_threads(threads):
+    with torch_threads(threads):
         for fs in sets:
             emb = fseval.embed_cached(model, fs) if cache else model.embed(fs.images)
             out.append(torch.nn.functional.normalize(torch.as_tensor(emb).float(), dim=1))

@@ -146,9 +146,16 @@ def offset_maps(model, keypoints: np.ndarray, query: tuple[int, int], layers=Non
 # ------------------------------------------------------------------ overhead (K4)
 def measure_throughput(model, batch: int, size: int, steps: int = 5, train: bool = True,
                        keypoints: bool = True, warmup: int = 1, threads: int | None = None) -> float:
-    """Images per second for a forward (+ backward when ``train``) pass on random inputs (chapter 3, K4)."""
-    if threads:
-        torch.set_num_threads(threads)
+    """Images per second for a forward (+ backward when ``train``) pass on random inputs (chapter 3, K4).
+    ``threads`` caps torch's CPU threads for the measurement only (restored afterwards)."""
+    from ..runtime import torch_threads
+
+    with torch_threads(threads or None):
+        return _measure_throughput(model, batch, size, steps, train, keypoints, warmup)
+
+
+def _measure_throughput(model, batch: int, size: int, steps: int, train: bool, keypoints: bool,
+                        warmup: int) -> float:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     kp = torch.rand(batch, 5, 2, generator=g) * 0.5 + 0.25 if keypoints and model.uses_keypoints else None

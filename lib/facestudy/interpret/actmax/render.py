@@ -57,14 +57,11 @@ def render(model, objective: Objective, param: torch.nn.Module, *, steps: int = 
     ``threads`` caps torch's CPU threads during the loop (restored afterwards; None = unchanged): the
     single-image steps are small, and on a shared 2-core CPU one thread was 2-6x faster than two.
     """
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
+    from ...runtime import torch_threads
+
+    with torch_threads(threads):
         return _render(model, objective, param, steps=steps, lr=lr, transforms=transforms, seed=seed,
                        log_every=log_every)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _render(model, objective: Objective, param: torch.nn.Module, *, steps: int, lr: float,

@@ -54,14 +54,11 @@ def train_sae(sae: BaseSAE, x: torch.Tensor, *, steps: int = 1000, batch_size: i
     is): SAE steps are small matrix products that gain nothing from more threads, and on a shared CPU
     extra threads made them about 15x slower in our measurements.
     """
-    saved_threads = torch.get_num_threads()
-    if threads is not None and torch.device(device).type == "cpu":
-        torch.set_num_threads(max(1, int(threads)))
-    try:
+    from ...runtime import torch_threads
+
+    with torch_threads(threads if torch.device(device).type == "cpu" else None):
         return _train(sae, x, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                       log_every=log_every)
-    finally:
-        torch.set_num_threads(saved_threads)
 
 
 def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: float | None, seed: int,
