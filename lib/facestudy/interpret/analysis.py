@@ -186,7 +186,8 @@ def ablation_effect(model, sae, before: np.ndarray, after: np.ndarray, unit: int
 def templates(model, sets: Sequence, cache: bool = True, threads: int | None = 1) -> torch.Tensor:
     """L2-normalised templates of several FaceSets, stacked (cached by facestudy.eval.embed_cached).
 
-    ``threads`` caps torch's CPU threads while embedding (None = unchanged; see :class:`facestudy.runtime.torch_threads`)."""
+    ``threads`` caps torch's CPU threads while embedding (None = unchanged; see
+    :class:`facestudy.runtime.torch_threads`)."""
     from .. import eval as fseval
 
     out = []
