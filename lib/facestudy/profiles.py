@@ -236,7 +236,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                 "overhead_steps": 10},
         "paper": {"image_size": 112, "dim": 512, "depth": 24, "heads": 16, "mlp_ratio": 3.0,
                   "embedding_dim": 512, "drop_path": 0.1, "lfw_pairs_per_fold": 600,
-                  "keypoint_counts": [5, 3, 2], "paper_checkpoint": "models/cvlface-kprpe-base/model.pt"},
+                  "keypoint_counts": [5, 3, 2], "paper_checkpoint": "checkpoints/cvlface_vit_base_kprpe_webface4m.pt"},
     },
     "04_facemint": {
         "base": {

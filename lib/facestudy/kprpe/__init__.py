@@ -5,11 +5,14 @@
 * :mod:`.keypoints` keypoints that move with the image: flips (left/right swap), affine warps, the
   misaligned / low-resolution evaluation conditions, landmark noise, training augmentation (§1.4, §1.7)
 * :mod:`.fusion`    landmark-quality re-weighting and template fusion (§1.5)
+* :mod:`.cvlface`   loads CVLface's released KP-RPE ViT checkpoints into our ViT (the ``paper`` profile)
 * :mod:`.experiment` the chapter's pipeline: cached MTCNN keypoints, training, evaluation, offset maps
 
 The ViT itself is :mod:`facestudy.models.vit` (``build_vit(..., rpe="kprpe")``).
 """
+from . import cvlface
 from .buckets import bucket_table, num_buckets, piecewise_index, piecewise_params
+from .cvlface import load_cvlface_kprpe
 from .fusion import fuse_templates, landmark_quality, nme
 from .keypoints import (
     CONDITIONS,
@@ -35,4 +38,5 @@ __all__ = [
     "apply_condition",
     "augment_batch", "denormalize_keypoints", "flip_keypoints", "noisy_keypoints", "normalize_keypoints",
     "template_keypoints", "warp_images", "warp_keypoints", "CTX_TYPES", "IRPE", "KPRPE", "relative_keypoints",
+    "cvlface", "load_cvlface_kprpe",
 ]
