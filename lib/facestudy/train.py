@@ -9,6 +9,8 @@ pure distillation). Features:
   repeats exactly and a resumed run continues exactly where an uninterrupted one would be;
 - schedules ``cosine`` / ``step`` (``milestones`` in epochs, ``gamma``) / ``constant``, linear warm-up
   (``warmup`` epochs), applied per step; SGD (momentum 0.9) or AdamW; gradient clipping;
+- repeated augmentation (``repeat_prob``, §1.7): with that probability the next sample is another image of
+  the previous identity (:func:`repeated_order`; batches may then hold an image index twice);
 - ``augment(images)`` on the uint8 NCHW batch (or ``augment(images, keypoints=kp) -> (images, kp)`` when its
   signature accepts ``keypoints``);
 - ``extra_loss(batch) -> (loss, logs)`` where ``batch`` has images (augmented, raw), inputs (preprocessed),
@@ -77,6 +79,55 @@ def lr_at(step: int, total: int, base: float, schedule: str, warmup_steps: int, 
     return base * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
+def repeated_order(labels: Sequence[int] | np.ndarray, generator: torch.Generator, p: float) -> np.ndarray:
+    """One epoch's sample order with §1.7's repeated augmentation (chapter 0b; chapter 3 uses it).
+
+    Start from ``torch.randperm(n, generator=generator)``; then each position whose predecessor is not
+    itself a repeat is, with probability ``p``, replaced by *another* image of the predecessor's identity
+    (uniform among that identity's other images), so the order keeps length n (batch size unchanged) and
+    the replaced image is simply not visited this epoch. As in the official dataset, a repeat never
+    follows a repeat, so a fraction p / (1 + p) of positions are repeats (0.091 at p = 0.1). Fallbacks:
+    an identity with a single image repeats that same image (a second, differently augmented view); a
+    negative label (unlabelled image) never triggers a repeat. ``p == 0`` returns the plain randperm order
+    bit for bit and draws nothing more from ``generator``; otherwise 2n uniforms are drawn after it, so
+    the order depends only on (labels, generator state, p)."""
+    if not 0.0 <= float(p) < 1.0:
+        raise ParameterError(f"repeat_prob must be in [0, 1) (probability that the next sample repeats the "
+                             f"previous identity, 0.1 in §1.7), got {p}")
+    lab = np.asarray(labels).reshape(-1)
+    n = len(lab)
+    order = torch.randperm(n, generator=generator).numpy()
+    if p == 0 or n < 2:
+        return order
+    u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+    v = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
+    cand = u < p
+    cand[0] = False
+    prev = np.empty(n, dtype=np.int64)
+    prev[1:] = order[:-1]
+    prev[0] = order[0]
+    cand &= lab[prev] >= 0
+    # a repeat never follows a repeat: inside each run of candidates keep every other one, from its start
+    pos = np.arange(n)
+    run_start = np.maximum.accumulate(np.where(cand & ~np.r_[False, cand[:-1]], pos, 0))
+    rep = cand & ((pos - run_start) % 2 == 0)
+    # images grouped by label: members[start[l] : start[l] + count[l]], and each image's rank in its group
+    by_label = np.argsort(lab, kind="stable")
+    uniq, first, count = np.unique(lab[by_label], return_index=True, return_counts=True)
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_label] = pos - np.repeat(first, count)
+    k = np.flatnonzero(rep)
+    j = prev[k]
+    g = np.searchsorted(uniq, lab[j])
+    others = count[g] - 1
+    r = np.minimum((v[k] * others).astype(np.int64), np.maximum(others - 1, 0))
+    r = np.where((others > 0) & (r >= rank[j]), r + 1, r)  # skip the previous image itself
+    pick = by_label[first[g] + r]
+    order = order.copy()
+    order[k] = np.where(others > 0, pick, j)
+    return order
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -90,8 +141,14 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
         milestones: Sequence[float] = (), gamma: float = 0.1, augment: Callable | None = None,
         extra_loss: Callable | None = None, grad_clip: float | None = None, checkpoint: str | Path | None = None,
         callbacks: Sequence[Callable] = (), eval_every: int | None = None, seed: int = 0, progress: bool = True,
-        max_steps: int | None = None, drop_last: bool = True, amp: bool | None = None) -> History:
-    """Train ``model`` (+ ``head``) on ``faceset``; returns the :class:`History` (chapter 0b)."""
+        max_steps: int | None = None, drop_last: bool = True, amp: bool | None = None,
+        repeat_prob: float = 0.0) -> History:
+    """Train ``model`` (+ ``head``) on ``faceset``; returns the :class:`History` (chapter 0b).
+
+    ``repeat_prob`` > 0 orders each epoch with :func:`repeated_order` (§1.7's repeated augmentation, 0.1
+    in the recipe); 0 keeps the plain seeded permutation, identical to earlier versions."""
+    if not 0.0 <= float(repeat_prob) < 1.0:
+        raise ParameterError(f"repeat_prob must be in [0, 1), got {repeat_prob}")
     if schedule not in SCHEDULES:
         raise ParameterError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     if optimizer not in OPTIMIZERS:
@@ -161,7 +218,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                 break
             seed_everything(seed * 100003 + epoch)
             gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-            order = torch.randperm(n, generator=gen).numpy()
+            order = repeated_order(labels_all, gen, repeat_prob)
             model.train()
             if head is not None:
                 head.train()

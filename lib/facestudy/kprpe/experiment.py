@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from .keypoints import ConditionSpec, apply_condition, template_keypoints
+from .keypoints import AUGMENT_VERSION, ConditionSpec, apply_condition, template_keypoints
 
 
 # ------------------------------------------------------------------ keypoints from our MTCNN, cached
@@ -292,28 +292,30 @@ def arch_of(cfg: Any) -> dict[str, Any]:
 
 def train_model(kind: str, cfg: Any, trainset, seed: int, device: Any = "auto",
                 keypoint_indices: tuple[int, ...] | None = None, cache: bool = True, progress: bool = False):
-    """Train one chapter-3 model with AdaFace (§1.6) and keypoint-consistent augmentation (§1.7 scaled)
-    through :func:`facestudy.train.fit`. The checkpoint is cached by (kind, keypoints, sizes, data, seed),
-    so a re-run loads instead of training. Returns (model, history, seconds)."""
+    """Train one chapter-3 model with AdaFace (§1.6), keypoint-consistent augmentation and repeated
+    augmentation (§1.7; ``cfg.p_photometric``, ``cfg.repeat_prob``) through :func:`facestudy.train.fit`.
+    The checkpoint is cached by everything that shapes the weights (kind, keypoints, sizes, recipe,
+    augmentation version, data, seed), so a re-run loads instead of training. Returns (model, history, seconds)."""
     from .. import data as fsdata
     from ..eval import faceset_hash
     from ..losses import make_head
     from ..train import fit
-    from .keypoints import KeypointAugment
+    from .keypoints import AugmentSpec, KeypointAugment
 
     kw = {} if keypoint_indices is None else {"keypoint_indices": tuple(keypoint_indices)}
     model = make_model(kind, arch_of(cfg), seed, **kw)
     torch.manual_seed(seed + 1)
     head = make_head("adaface", cfg.embedding_dim, int(trainset.labels.max()) + 1)
+    aug = AugmentSpec(p_photometric=cfg.p_photometric)
     ckpt = None
-    if cache:
+    if cache:  # the key holds everything that changes the trained weights, the augmentation recipe included
         spec = repr((kind, keypoint_indices, sorted(arch_of(cfg).items()), cfg.epochs, cfg.batch_size, cfg.lr,
-                     cfg.optimizer, cfg.warmup, faceset_hash(trainset), seed))
+                     cfg.optimizer, cfg.warmup, cfg.repeat_prob, aug, AUGMENT_VERSION, faceset_hash(trainset), seed))
         ckpt = fsdata.cache_dir() / "kprpe" / f"ckpt-{hashlib.sha1(spec.encode()).hexdigest()[:16]}.pt"
     t0 = time.perf_counter()
     hist = fit(model, head, trainset, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device,
-               optimizer=cfg.optimizer, warmup=cfg.warmup, augment=KeypointAugment(), grad_clip=5.0,
-               checkpoint=ckpt, seed=seed, progress=progress)
+               optimizer=cfg.optimizer, warmup=cfg.warmup, augment=KeypointAugment(aug), grad_clip=5.0,
+               checkpoint=ckpt, seed=seed, progress=progress, repeat_prob=cfg.repeat_prob)
     model.cpu().eval()
     return model, hist, time.perf_counter() - t0
 

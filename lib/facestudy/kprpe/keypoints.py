@@ -195,9 +195,43 @@ def noisy_keypoints(keypoints, alpha: float, seed: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ training augmentation (§1.7, scaled)
+PHOTOMETRIC_OPS: tuple[str, ...] = ("identity", "brightness", "saturation", "contrast", "sharpness", "equalize",
+                                    "grayscale")
+DOWNWEIGHTED_OPS: tuple[str, ...] = ("equalize", "grayscale")  # re-drawn, see AugmentSpec.randaug_redraws
+SIGNED_OPS: tuple[str, ...] = ("brightness", "saturation", "contrast", "sharpness")  # use the magnitude
+BLUR_KINDS: tuple[str, ...] = ("resize", "box", "gaussian")
+RESIZE_MODES: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "area")
+GRAY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as PIL / torchvision
+
+
+#: Version of the augmentation code below; part of chapter 3's checkpoint cache key, so bump it whenever a
+#: change alters what a given AugmentSpec produces (2: RandAugment, CoarseDropout, box/Gaussian blur).
+AUGMENT_VERSION = 2
+
+
 @dataclass
 class AugmentSpec:
-    """The §1.7 ``gridsample_v1`` family at a chosen strength (probabilities and ranges)."""
+    """The §1.7 ``gridsample_v1`` family at a chosen strength (probabilities and ranges), chapter 3.
+
+    Geometry: scale U(``scale``), rotation U(±``rotation``°) with probability ``p_rotate``, flip with
+    ``p_flip``, translation U(±``translation``) of the side. Then, per image and in this order:
+
+    - cutout with ``p_cutout``: a share ``p_coarse_dropout`` (5 %) are CoarseDropout, ``dropout_holes``
+      (12..20, inclusive) square holes of ``dropout_hole`` × side (16/112: 16 px on a 112-px face) zeroed,
+      each hole fully inside the image; the others keep a random-resized-crop region (area 0.2–1, ratio
+      3/4–4/3) and zero the rest;
+    - blur with ``p_blur``, its kind split ``blur_split`` = (resize, box, gaussian) = (0.8, 0.1, 0.1) as the
+      official augmenter (8 of 10 equally likely choices): down-up resize to U(``min_blur_side``, 1) of the
+      side with a random interpolation down and another up among ``RESIZE_MODES`` (the reference draws
+      among 5 cv2 modes; Lanczos has no torch equivalent); a box blur of k ∈ {1..round(``max_box_kernel``·H)}
+      px (1..9 px at 112); a Gaussian of σ ~ U(0, ``max_gaussian_sigma``·H) px (0..4 px at 112);
+    - photometric RandAugment with ``p_photometric`` (1.0: the recipe applies it to every image):
+      ``randaug_ops`` ops drawn independently from ``PHOTOMETRIC_OPS``; a draw that lands on Equalize or
+      Grayscale is re-drawn, at most ``randaug_redraws`` (2) times, and the last draw is kept whatever it
+      is; so P(Equalize) = P(Grayscale) = (2/7)³/2 ≈ 1.2 % and each other op 67/343 ≈ 19.5 % per draw. The
+      magnitude bin is uniform in ``randaug_bin_range`` = [5, 23) of ``randaug_bins`` = 31 bins over
+      [0, ``randaug_max`` = 0.9], with a random sign; the op factor is 1 + signed magnitude (0.34–1.66).
+    """
 
     scale: tuple[float, float] = (0.8, 1.2)
     p_rotate: float = 0.2
@@ -205,19 +239,225 @@ class AugmentSpec:
     p_flip: float = 0.5
     translation: float = 0.1
     p_cutout: float = 0.2
+    p_coarse_dropout: float = 0.05
+    dropout_holes: tuple[int, int] = (12, 20)
+    dropout_hole: float = 16 / 112
     p_blur: float = 0.2
     min_blur_side: float = 0.2
-    p_photometric: float = 0.5
+    blur_split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    max_box_kernel: float = 9 / 112
+    max_gaussian_sigma: float = 4 / 112
+    p_photometric: float = 1.0
+    randaug_ops: int = 2
+    randaug_bins: int = 31
+    randaug_bin_range: tuple[int, int] = (5, 23)
+    randaug_max: float = 0.9
+    randaug_redraws: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("p_rotate", "p_flip", "p_cutout", "p_coarse_dropout", "p_blur", "p_photometric",
+                     "min_blur_side"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise ParameterError(f"AugmentSpec.{name} must be in [0, 1], got {v}")
+        if len(self.blur_split) != 3 or min(self.blur_split) < 0 or abs(sum(self.blur_split) - 1) > 1e-6:
+            raise ParameterError(f"AugmentSpec.blur_split must be 3 non-negative shares (resize, box, gaussian) "
+                                 f"summing to 1, got {self.blur_split}")
+        lo, hi = self.dropout_holes
+        if not 0 <= lo <= hi:
+            raise ParameterError(f"AugmentSpec.dropout_holes must be (min, max) with 0 <= min <= max, got "
+                                 f"{self.dropout_holes}")
+        lo, hi = self.randaug_bin_range
+        if self.randaug_bins < 2 or not 0 <= lo < hi <= self.randaug_bins:
+            raise ParameterError(f"AugmentSpec.randaug_bin_range must be [lo, hi) with 0 <= lo < hi <= "
+                                 f"randaug_bins={self.randaug_bins} (>= 2), got {self.randaug_bin_range}")
+        if self.randaug_ops < 0 or self.randaug_redraws < 0:
+            raise ParameterError(f"AugmentSpec.randaug_ops and randaug_redraws must be >= 0, got "
+                                 f"{self.randaug_ops}, {self.randaug_redraws}")
+
+
+# -- photometric ops on float (N, 3, H, W) in [0, 1]; ``factor`` (N,) is 1 + signed magnitude (1 = identity)
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """f·a + (1 − f)·b clamped to [0, 1]; ``torch.lerp`` is one fused op (~15× faster on CPU than the
+    written-out blend) and exact at f = 1 (returns a) and f = 0 (returns b)."""
+    f = factor.to(a).view(-1, 1, 1, 1)
+    return torch.lerp(b.to(a).expand_as(a), a, f).clamp_(0.0, 1.0)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma (0.2989 R + 0.587 G + 0.114 B) copied to 3 channels (chapter 3, RandAugment's Grayscale)."""
+    w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True).expand_as(x).clone()
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """x · factor (chapter 3, RandAugment's Brightness)."""
+    return _blend(x, torch.zeros((), dtype=x.dtype), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's grayscale (chapter 3, RandAugment's Saturation; 0 = gray, 1 = unchanged)."""
+    return _blend(x, grayscale(x), factor)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's mean luma (chapter 3, RandAugment's Contrast)."""
+    mean = grayscale(x)[:, :1].mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean, factor)
+
+
+def _smooth3(x: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter [[1,1,1],[1,5,1],[1,1,1]]/13 on the interior, border pixels kept."""
+    if x.shape[-1] < 3 or x.shape[-2] < 3:
+        return x.clone()
+    # 3×3 box sum (separable shifted adds: much faster on CPU than conv2d/avg_pool2d) + 4·centre
+    rows = x[..., :-2] + x[..., 1:-1] + x[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    smooth = x.clone()
+    smooth[..., 1:-1, 1:-1] = (box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0
+    return smooth
+
+
+def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with a 3×3 smoothed copy (kernel [[1,1,1],[1,5,1],[1,1,1]]/13, border pixels kept), as PIL's
+    ImageEnhance.Sharpness: factor > 1 sharpens, < 1 softens (chapter 3, RandAugment's Sharpness)."""
+    return _blend(x, _smooth3(x), factor)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel histogram equalisation on 256 levels, PIL's rule (chapter 3, RandAugment's Equalize):
+    step = (pixels − count of the last occupied level) // 255, lut[l] = (step // 2 + #pixels below l) //
+    step; a channel with step 0 (nearly constant) is left as it is. The output is quantised to 1/255."""
+    N, C, H, W = x.shape
+    q = (x.reshape(N * C, H * W) * 255.0).round().clamp(0, 255).long()
+    hist = torch.zeros(N * C, 256, dtype=torch.long, device=x.device).scatter_add_(1, q, torch.ones_like(q))
+    last = 255 - (hist.flip(1) > 0).long().argmax(1, keepdim=True)
+    step = (H * W - hist.gather(1, last)) // 255  # (M, 1)
+    below = hist.cumsum(1) - hist
+    lut = ((below + step // 2) // step.clamp(min=1)).clamp(0, 255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).expand_as(lut))
+    out = lut.gather(1, q).to(x.dtype) / 255.0
+    keep = (step == 0).expand_as(out)
+    out = torch.where(keep, x.reshape(N * C, H * W), out)
+    return out.reshape(N, C, H, W)
+
+
+def photometric_op(x: torch.Tensor, name: str, factor: torch.Tensor) -> torch.Tensor:
+    """One named op of ``PHOTOMETRIC_OPS`` on a batch with per-image ``factor`` (chapter 3, §1.7)."""
+    if name not in PHOTOMETRIC_OPS:
+        raise ParameterError(f"unknown photometric op {name!r}; valid: {', '.join(PHOTOMETRIC_OPS)}")
+    if name == "identity":
+        return x
+    if name == "equalize":
+        return equalize(x)
+    if name == "grayscale":
+        return grayscale(x)
+    return {"brightness": adjust_brightness, "saturation": adjust_saturation, "contrast": adjust_contrast,
+            "sharpness": adjust_sharpness}[name](x, factor)
+
+
+def sample_randaug(draws: torch.Tensor, spec: AugmentSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn uniform ``draws`` (B, ops, randaug_redraws + 3) into RandAugment op indices into
+    ``PHOTOMETRIC_OPS`` (B, ops) and factors 1 + signed magnitude (B, ops) by :class:`AugmentSpec`'s rule
+    (chapter 3, §1.7): first ``randaug_redraws + 1`` columns are op candidates (re-draw while the op is
+    Equalize/Grayscale), then the magnitude bin, then the sign."""
+    spec = spec or AugmentSpec()
+    n_ops = len(PHOTOMETRIC_OPS)
+    r = spec.randaug_redraws
+    cand = (draws[..., :r + 1] * n_ops).long().clamp(max=n_ops - 1)
+    down = torch.tensor([PHOTOMETRIC_OPS.index(o) for o in DOWNWEIGHTED_OPS])
+    op = cand[..., 0]
+    for j in range(1, r + 1):
+        op = torch.where(torch.isin(op, down), cand[..., j], op)
+    lo, hi = spec.randaug_bin_range
+    bin_ = (lo + (draws[..., r + 1] * (hi - lo)).long()).clamp(max=hi - 1)
+    mag = bin_.to(torch.float32) * (spec.randaug_max / (spec.randaug_bins - 1))
+    mag = torch.where(draws[..., r + 2] < 0.5, -mag, mag)
+    signed = torch.tensor([PHOTOMETRIC_OPS.index(o) for o in SIGNED_OPS])
+    mag = torch.where(torch.isin(op, signed), mag, torch.zeros_like(mag))
+    return op, 1.0 + mag
+
+
+def apply_photometric(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Apply per-image photometric ops in sequence: ``op`` (B, k) indices into ``PHOTOMETRIC_OPS``, ``factor``
+    (B, k) each op's 1 + signed magnitude (chapter 3, §1.7's RandAugment). Returns a new tensor; keypoints
+    are not involved. Vectorised over the batch: in each round every op runs once, on the images that drew
+    it (cheaper on CPU than a masked blend over the whole batch, which was measured ~2× slower)."""
+    out = x.clone()
+    op = op.reshape(len(x), -1).to(x.device)
+    factor = factor.reshape(len(x), -1).to(x.device)
+    for r in range(op.shape[1]):
+        for o, name in enumerate(PHOTOMETRIC_OPS):
+            if name == "identity":
+                continue
+            sel = torch.nonzero(op[:, r] == o).flatten()
+            if len(sel):
+                out[sel] = photometric_op(out[sel], name, factor[sel, r])
+    return out
+
+
+# -- blur and cutout helpers
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
+    return F.interpolate(x, size=size, mode=mode)
+
+
+def _box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 1:
+        return x
+    xp = F.pad(x, ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2), mode="replicate")
+    return F.avg_pool2d(xp, k, stride=1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.1:
+        return x
+    rad = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-rad, rad + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    C = x.shape[1]
+    xp = F.pad(x, (rad, rad, rad, rad), mode="replicate")
+    xp = F.conv2d(xp, g.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(xp, g.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+
+
+def _rect_mask(y0: torch.Tensor, x0: torch.Tensor, h: torch.Tensor, w: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Boolean (..., H, W) masks of the rectangles [y0, y0 + h) × [x0, x0 + w) (broadcast over leading dims)."""
+    ys = torch.arange(H)
+    xs = torch.arange(W)
+    rows = (ys >= y0[..., None]) & (ys < (y0 + h)[..., None])
+    cols = (xs >= x0[..., None]) & (xs < (x0 + w)[..., None])
+    return rows[..., :, None] & cols[..., None, :]
+
+
+def coarse_dropout_mask(n_holes: torch.Tensor, hole_u: torch.Tensor, H: int, W: int,
+                        hole: float = 16 / 112) -> torch.Tensor:
+    """Keep-masks (N, H, W) of CoarseDropout (chapter 3, §1.7): image i loses ``n_holes[i]`` square holes of
+    side round(``hole``·H) × round(``hole``·W) at positions from uniform ``hole_u`` (N, max_holes, 2); each
+    hole lies fully inside the image. True = kept, False = zeroed."""
+    hs, ws = min(H, max(1, round(hole * H))), min(W, max(1, round(hole * W)))
+    y0 = (hole_u[..., 0] * (H - hs + 1)).long().clamp(max=H - hs)
+    x0 = (hole_u[..., 1] * (W - ws + 1)).long().clamp(max=W - ws)
+    rects = _rect_mask(y0, x0, torch.full_like(y0, hs), torch.full_like(x0, ws), H, W)  # (N, K, H, W)
+    valid = torch.arange(hole_u.shape[1]) < n_holes.reshape(-1, 1)
+    return ~(rects & valid[..., None, None]).any(1)
 
 
 def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, generator: torch.Generator | None = None,
                   spec: AugmentSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random similarity + flip (keypoints moved and left/right swapped), cutout, down-up blur and
-    brightness/contrast jitter on a float (B, 3, H, W) [0, 1] batch with normalised keypoints (chapter 3,
-    §1.7 scaled down). ``generator`` None draws from torch's global RNG (which ``train.fit`` seeds)."""
+    """§1.7's ``gridsample_v1`` on a float (B, 3, H, W) [0, 1] batch with normalised keypoints (chapter 3):
+    random similarity + flip (keypoints moved, left/right swapped), cutout (keep-region or CoarseDropout),
+    blur (down-up resize / box / Gaussian) and photometric RandAugment, as :class:`AugmentSpec` describes.
+    Only the geometry moves keypoints. Every random number is drawn up front in a fixed amount per image,
+    so the result depends only on the generator state; ``generator`` None draws from torch's global RNG
+    (which ``train.fit`` seeds per epoch)."""
     spec = spec or AugmentSpec()
     B, _, H, W = images.shape
-    u = torch.rand(B, 10, generator=generator)
+    u = torch.rand(B, 19, generator=generator)
+    hole_u = torch.rand(B, max(1, spec.dropout_holes[1]), 2, generator=generator)
+    ph = torch.rand(B, spec.randaug_ops, spec.randaug_redraws + 3, generator=generator)
     scale = spec.scale[0] + u[:, 0] * (spec.scale[1] - spec.scale[0])
     angle = torch.where(u[:, 1] < spec.p_rotate, (2 * u[:, 2] - 1) * spec.rotation, torch.zeros(B))
     flip = u[:, 3] < spec.p_flip
@@ -226,33 +466,47 @@ def augment_batch(images: torch.Tensor, keypoints: torch.Tensor, generator: torc
     theta = affine_theta(scale, angle, tx, ty, flip=flip)
     x = warp_images(images, theta)
     kp = warp_keypoints(keypoints, theta, flipped=flip)
-    # cutout: keep a random region, zero the rest
+    # cutout: keep a random-resized-crop region and zero the rest, or (p_coarse_dropout) CoarseDropout holes
     cut = torch.nonzero(u[:, 6] < spec.p_cutout).flatten()
-    for i in cut.tolist():
-        r = torch.rand(4, generator=generator)
-        area = 0.2 + 0.8 * float(r[0])
-        ratio = math.exp(math.log(3 / 4) + float(r[1]) * math.log(16 / 9))
-        ch = min(H, max(1, int(round(math.sqrt(area / ratio) * H))))
-        cw = min(W, max(1, int(round(math.sqrt(area * ratio) * W))))
-        y0 = int(float(r[2]) * (H - ch + 1))
-        x0 = int(float(r[3]) * (W - cw + 1))
-        mask = torch.zeros(H, W, dtype=x.dtype)
-        mask[y0:y0 + ch, x0:x0 + cw] = 1
-        x[i] = x[i] * mask
-    blur = torch.nonzero(u[:, 7] < spec.p_blur).flatten()
-    for i in blur.tolist():
-        f = spec.min_blur_side + float(torch.rand(1, generator=generator)) * (1 - spec.min_blur_side)
-        side = (max(4, int(H * f)), max(4, int(W * f)))
-        small = F.interpolate(x[i:i + 1], size=side, mode="bilinear", align_corners=False, antialias=True)
-        x[i:i + 1] = F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)
-    photo = u[:, 8] < spec.p_photometric
-    if photo.any():
-        r = torch.rand(B, 2, generator=generator)
-        bright = 1 + (2 * r[:, 0] - 1) * 0.3
-        contrast = 1 + (2 * r[:, 1] - 1) * 0.3
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        jittered = ((x - mean) * contrast.view(B, 1, 1, 1) + mean) * bright.view(B, 1, 1, 1)
-        x = torch.where(photo.view(B, 1, 1, 1), jittered.clamp(0, 1), x)
+    if len(cut):
+        c = u[cut]
+        area = 0.2 + 0.8 * c[:, 10]
+        ratio = torch.exp(math.log(3 / 4) + c[:, 11] * math.log(16 / 9))
+        ch = (torch.sqrt(area / ratio) * H).round().long().clamp(1, H)
+        cw = (torch.sqrt(area * ratio) * W).round().long().clamp(1, W)
+        y0 = (c[:, 12] * (H - ch + 1)).long().clamp(max=H - ch)
+        x0 = (c[:, 13] * (W - cw + 1)).long().clamp(max=W - cw)
+        keep = _rect_mask(y0, x0, ch, cw, H, W)
+        coarse = torch.nonzero(c[:, 9] < spec.p_coarse_dropout).flatten()
+        if len(coarse):
+            lo, hi = spec.dropout_holes
+            n_holes = (lo + (c[coarse, 14] * (hi - lo + 1)).long()).clamp(max=hi)
+            keep[coarse] = coarse_dropout_mask(n_holes, hole_u[cut[coarse]], H, W, spec.dropout_hole)
+        cut_x = cut.to(x.device)
+        x[cut_x] = x[cut_x] * keep[:, None].to(device=x.device, dtype=x.dtype)
+    # blur: down-up resize with random interpolations, box or Gaussian (shares spec.blur_split)
+    for i in torch.nonzero(u[:, 7] < spec.p_blur).flatten().tolist():
+        kind_u, val = float(u[i, 15]), float(u[i, 16])
+        xi = x[i:i + 1]
+        if kind_u < spec.blur_split[0]:
+            f = spec.min_blur_side + val * (1 - spec.min_blur_side)
+            side = (max(2, int(H * f)), max(2, int(W * f)))
+            down = RESIZE_MODES[min(int(float(u[i, 17]) * len(RESIZE_MODES)), len(RESIZE_MODES) - 1)]
+            up = RESIZE_MODES[min(int(float(u[i, 18]) * len(RESIZE_MODES)), len(RESIZE_MODES) - 1)]
+            out = _resize(_resize(xi, side, down), (H, W), up).clamp(0, 1)
+        elif kind_u < spec.blur_split[0] + spec.blur_split[1]:
+            kmax = max(1, round(spec.max_box_kernel * H))
+            out = _box_blur(xi, 1 + min(int(val * kmax), kmax - 1))
+        else:
+            out = _gaussian_blur(xi, val * spec.max_gaussian_sigma * H)
+        x[i:i + 1] = out
+    # photometric RandAugment
+    if spec.randaug_ops > 0 and spec.p_photometric > 0:
+        op, factor = sample_randaug(ph, spec)
+        active = (u[:, 8] < spec.p_photometric)[:, None]
+        op = torch.where(active, op, torch.zeros_like(op))
+        if bool((op > 0).any()):
+            x = apply_photometric(x, op, factor)
     return x, kp
 
 
