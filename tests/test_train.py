@@ -10,7 +10,7 @@ from facestudy import models as M
 from facestudy.data import LANDMARK_COLUMNS, FaceSet
 from facestudy.errors import ParameterError
 from facestudy.losses import make_head
-from facestudy.train import fit, lr_at, repeated_order
+from facestudy.train import fit, lr_at, random_hflip, repeated_order
 
 
 def _toy(n_id=4, per=4, size=16, seed=0, landmarks=False):
@@ -231,3 +231,20 @@ def test_fit_uses_repeated_order():
     assert np.array_equal(h1.to_frame().loss.values, h2.to_frame().loss.values)
     _, h0 = _run(fs)
     assert not np.array_equal(h1.to_frame().loss.values, h0.to_frame().loss.values)
+
+
+def test_random_hflip_mirrors_about_half_and_nothing_else():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (400, 3, 6, 5), dtype=torch.uint8)
+    y = random_hflip(x)
+    same = (y == x).flatten(1).all(1)
+    mirrored = (y == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # every image is itself or its mirror image
+    assert 0.4 < float(mirrored.float().mean()) < 0.6
+    assert y.dtype == torch.uint8 and not torch.equal(x, y)
+    before = x.clone()
+    torch.manual_seed(0)
+    a = random_hflip(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, random_hflip(x))  # seeded: repeats exactly
+    assert torch.equal(x, before)  # the input batch is left untouched

@@ -128,6 +128,15 @@ def repeated_order(labels: Sequence[int] | np.ndarray, generator: torch.Generato
     return order
 
 
+def random_hflip(images: torch.Tensor) -> torch.Tensor:
+    """Mirror half the images of a uint8 NCHW batch: the plain ``augment`` hook of :func:`fit` (chapters
+    00a and 5). Draws from torch's global RNG, which ``fit`` re-seeds every epoch."""
+    flip = torch.rand(images.shape[0], device=images.device) < 0.5
+    out = images.clone()
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

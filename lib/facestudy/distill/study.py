@@ -21,7 +21,7 @@ from .teacher import TargetLookup, TeacherEmbeddings, as_extra_loss
 
 __all__ = [
     "RowResult", "config_from", "check_user_files", "rec_faceset", "select_identities", "load_training_set",
-    "load_eval_pairs", "load_teacher", "random_hflip", "train_row", "evaluate_row", "results_table",
+    "load_eval_pairs", "load_teacher", "train_row", "evaluate_row", "results_table",
     "fold_diff_ci", "throughput", "mean_cosine",
 ]
 
@@ -180,14 +180,6 @@ def load_teacher(cfg: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- training
-def random_hflip(images: torch.Tensor) -> torch.Tensor:
-    """Mirror half the images of a uint8 NCHW batch (global torch RNG, re-seeded per epoch by fit)."""
-    flip = torch.rand(images.shape[0], device=images.device) < 0.5
-    out = images.clone()
-    out[flip] = out[flip].flip(-1)
-    return out
-
-
 @dataclass
 class RowResult:
     """One trained student: its row name, config, verification result, curves and timings (chapter 5)."""
@@ -225,7 +217,7 @@ def train_row(name: str, dcfg: DistillConfig, *, cfg: Any, train_set: Any, targe
     t0 = time.perf_counter()
     hist = train.fit(student, head, train_set, epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]),
                      lr=float(cfg["lr"]), device=device, extra_loss=extra, seed=seed, progress=False,
-                     augment=random_hflip if augment else None, grad_clip=5.0)
+                     augment=train.random_hflip if augment else None, grad_clip=5.0)
     return RowResult(name, dcfg, student, hist.to_frame(), time.perf_counter() - t0)
 
 
