@@ -10,7 +10,7 @@ from facestudy import models as M
 from facestudy.data import LANDMARK_COLUMNS, FaceSet
 from facestudy.errors import ParameterError
 from facestudy.losses import make_head
-from facestudy.train import fit, lr_at, random_hflip, repeated_order
+from facestudy.train import checkpoint_path, fit, lr_at, random_hflip, repeated_order
 
 
 def _toy(n_id=4, per=4, size=16, seed=0, landmarks=False):
@@ -248,3 +248,15 @@ def test_random_hflip_mirrors_about_half_and_nothing_else():
     torch.manual_seed(0)
     assert torch.equal(a, random_hflip(x))  # seeded: repeats exactly
     assert torch.equal(x, before)  # the input batch is left untouched
+
+
+def test_checkpoint_path_is_keyed_by_the_whole_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
+    a = checkpoint_path("area", "smallcnn", {"lr": 0.1}, "datahash", 0)
+    assert a == checkpoint_path("area", "smallcnn", {"lr": 0.1}, "datahash", 0)
+    assert a.parent == tmp_path / "area" and a.suffix == ".pt"
+    others = {checkpoint_path("area", "smallcnn", {"lr": 0.2}, "datahash", 0),
+              checkpoint_path("area", "smallcnn", {"lr": 0.1}, "otherdata", 0),
+              checkpoint_path("area", "smallcnn", {"lr": 0.1}, "datahash", 1)}
+    assert a not in others and len(others) == 3
+    assert checkpoint_path("other", "smallcnn", {"lr": 0.1}, "datahash", 0).parent == tmp_path / "other"

@@ -59,10 +59,12 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "n_verify_identities": 80,  # identities for the MobileFaceNet verification check
             "n_verify_per_identity": 4,  # images per identity (near-frontal, mild light changes)
             "n_pairs": 600,  # verification pairs (half same, half different)
+            "speed_images": 64,  # renderer speed probe: images per timed batch (default nuisance)
+            "speed_repeats": 5,  # timed batches; the page reports the median rate
             "realism": True,  # run the MTCNN / MobileFaceNet checks when their files are present
-            "fr_train_ids": 100,  # world-trained FR check: training identities
-            "fr_per_id": 10,  # training renders per identity (random nuisance)
-            "fr_test_ids": 40,  # held-out identities (identity_offset = fr_train_ids)
+            "fr_train_ids": 300,  # world-trained FR check: training identities
+            "fr_per_id": 20,  # training renders per identity (random nuisance)
+            "fr_test_ids": 100,  # held-out identities (identity_offset = fr_train_ids)
             "fr_test_per_id": 5,  # renders per held-out identity
             "fr_pairs": 600,  # held-out verification pairs (10 identity-disjoint folds)
             "fr_size": 64,  # render / input size (px) of the small model
@@ -70,11 +72,13 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "fr_embedding_dim": 128,  # embedding size
             "fr_scale": 32.0,  # ArcFace scale s
             "fr_margin": 0.3,  # ArcFace additive angular margin m2 (rad)
-            "fr_epochs": 20,  # training epochs
+            "fr_epochs": 12,  # training epochs
+            "fr_flip": True,  # random horizontal flips during training (train.random_hflip)
             "fr_batch_size": 64,  # training batch size
             "fr_lr": 0.1,  # SGD learning rate (cosine schedule, 1 warm-up epoch)
         },
         "smoke": {"n_grid": 8, "lattice_attributes": ["yaw", "eyeglasses", "age"], "n_overlay": 4,
+                  "speed_images": 16, "speed_repeats": 1,
                   "n_identities": 3, "n_per_identity": 2, "n_detect": 8, "n_verify_identities": 6,
                   "n_verify_per_identity": 2, "n_pairs": 24,
                   "fr_train_ids": 8, "fr_per_id": 4, "fr_test_ids": 6, "fr_test_per_id": 2, "fr_pairs": 24,

@@ -24,6 +24,7 @@ pure distillation). Features:
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import os
@@ -126,6 +127,17 @@ def repeated_order(labels: Sequence[int] | np.ndarray, generator: torch.Generato
     order = order.copy()
     order[k] = np.where(others > 0, pick, j)
     return order
+
+
+def checkpoint_path(area: str, *spec: Any) -> Path:
+    """Where :func:`fit` caches a run: ``<cache>/<area>/ckpt-<hash>.pt``, the hash taken over ``repr(spec)``.
+    Put everything that changes the trained weights in ``spec`` (architecture, recipe, a data hash such as
+    :func:`facestudy.eval.faceset_hash`, seed), so a re-run with the same spec loads instead of training
+    and any change trains afresh (chapters 00a and 3)."""
+    from .data import cache_dir
+
+    digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:16]
+    return cache_dir() / area / f"ckpt-{digest}.pt"
 
 
 def random_hflip(images: torch.Tensor) -> torch.Tensor:

@@ -296,10 +296,9 @@ def train_model(kind: str, cfg: Any, trainset, seed: int, device: Any = "auto",
     augmentation (§1.7; ``cfg.p_photometric``, ``cfg.repeat_prob``) through :func:`facestudy.train.fit`.
     The checkpoint is cached by everything that shapes the weights (kind, keypoints, sizes, recipe,
     augmentation version, data, seed), so a re-run loads instead of training. Returns (model, history, seconds)."""
-    from .. import data as fsdata
     from ..eval import faceset_hash
     from ..losses import make_head
-    from ..train import fit
+    from ..train import checkpoint_path, fit
     from .keypoints import AugmentSpec, KeypointAugment
 
     kw = {} if keypoint_indices is None else {"keypoint_indices": tuple(keypoint_indices)}
@@ -309,9 +308,9 @@ def train_model(kind: str, cfg: Any, trainset, seed: int, device: Any = "auto",
     aug = AugmentSpec(p_photometric=cfg.p_photometric)
     ckpt = None
     if cache:  # the key holds everything that changes the trained weights, the augmentation recipe included
-        spec = repr((kind, keypoint_indices, sorted(arch_of(cfg).items()), cfg.epochs, cfg.batch_size, cfg.lr,
-                     cfg.optimizer, cfg.warmup, cfg.repeat_prob, aug, AUGMENT_VERSION, faceset_hash(trainset), seed))
-        ckpt = fsdata.cache_dir() / "kprpe" / f"ckpt-{hashlib.sha1(spec.encode()).hexdigest()[:16]}.pt"
+        ckpt = checkpoint_path("kprpe", kind, keypoint_indices, sorted(arch_of(cfg).items()), cfg.epochs,
+                               cfg.batch_size, cfg.lr, cfg.optimizer, cfg.warmup, cfg.repeat_prob, aug,
+                               AUGMENT_VERSION, faceset_hash(trainset), seed)
     t0 = time.perf_counter()
     hist = fit(model, head, trainset, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device,
                optimizer=cfg.optimizer, warmup=cfg.warmup, augment=KeypointAugment(aug), grad_clip=5.0,
