@@ -209,3 +209,15 @@ def test_spec_validation():
         AugmentSpec(randaug_bin_range=(5, 40))
     with pytest.raises(ParameterError, match="dropout_holes"):
         AugmentSpec(dropout_holes=(20, 12))
+
+
+def test_augment_spec_from_profile_overrides():
+    from facestudy.kprpe import augment_spec
+
+    assert augment_spec({}) == AugmentSpec() and augment_spec(None) == AugmentSpec()
+    mild = augment_spec({"scale": [0.9, 1.1], "p_cutout": 0.0})
+    assert mild.scale == (0.9, 1.1) and mild.p_cutout == 0.0 and mild.p_blur == AugmentSpec().p_blur
+    with pytest.raises(ParameterError, match="p_cutot.*valid: scale"):
+        augment_spec({"p_cutot": 0.0})
+    with pytest.raises(ParameterError, match="p_blur"):
+        augment_spec({"p_blur": 2.0})

@@ -219,8 +219,9 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "id299_limit": 2500, "celeba10k_limit": 600, "synth_identities": 60, "synth_per_identity": 8,
             # AdaFace training (§1.6) with the §1.7 augmentation family, scaled down
             "epochs": 3, "batch_size": 64, "lr": 2e-3, "optimizer": "adamw", "warmup": 0.3,
-            # §1.7: RandAugment on this fraction of images; P(next sample repeats the previous identity)
-            "p_photometric": 1.0, "repeat_prob": 0.1,
+            # §1.7 augmentation: AugmentSpec overrides ({} = the full gridsample_v1 + RandAugment recipe) and
+            # P(next sample repeats the previous identity)
+            "augment": {}, "repeat_prob": 0.1,
             # evaluation: LFW View-2 pairs kept per fold (balanced), three conditions
             "lfw_pairs_per_fold": 40,
             # ablations: keypoint subsets (5 = all, 3 = eyes + nose, 2 = eyes) and landmark noise alphas

@@ -22,6 +22,7 @@ from .keypoints import (
     affine_theta,
     apply_condition,
     augment_batch,
+    augment_spec,
     denormalize_keypoints,
     flip_keypoints,
     noisy_keypoints,
@@ -35,8 +36,8 @@ from .rpe import CTX_TYPES, IRPE, KPRPE, relative_keypoints
 __all__ = [
     "bucket_table", "num_buckets", "piecewise_index", "piecewise_params", "fuse_templates",
     "landmark_quality", "nme", "CONDITIONS", "AugmentSpec", "ConditionSpec", "KeypointAugment", "affine_theta",
-    "apply_condition",
-    "augment_batch", "denormalize_keypoints", "flip_keypoints", "noisy_keypoints", "normalize_keypoints",
+    "apply_condition", "augment_batch", "augment_spec", "denormalize_keypoints", "flip_keypoints", "noisy_keypoints",
+    "normalize_keypoints",
     "template_keypoints", "warp_images", "warp_keypoints", "CTX_TYPES", "IRPE", "KPRPE", "relative_keypoints",
     "cvlface", "load_cvlface_kprpe",
 ]

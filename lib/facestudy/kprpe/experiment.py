@@ -293,19 +293,20 @@ def arch_of(cfg: Any) -> dict[str, Any]:
 def train_model(kind: str, cfg: Any, trainset, seed: int, device: Any = "auto",
                 keypoint_indices: tuple[int, ...] | None = None, cache: bool = True, progress: bool = False):
     """Train one chapter-3 model with AdaFace (§1.6), keypoint-consistent augmentation and repeated
-    augmentation (§1.7; ``cfg.p_photometric``, ``cfg.repeat_prob``) through :func:`facestudy.train.fit`.
-    The checkpoint is cached by everything that shapes the weights (kind, keypoints, sizes, recipe,
-    augmentation version, data, seed), so a re-run loads instead of training. Returns (model, history, seconds)."""
+    augmentation (§1.7; ``cfg.augment`` overrides of :class:`AugmentSpec`, ``cfg.repeat_prob``) through
+    :func:`facestudy.train.fit`. The checkpoint is cached by everything that shapes the weights (kind,
+    keypoints, sizes, recipe, augmentation version, data, seed), so a re-run loads instead of training.
+    Returns (model, history, seconds)."""
     from ..eval import faceset_hash
     from ..losses import make_head
     from ..train import checkpoint_path, fit
-    from .keypoints import AugmentSpec, KeypointAugment
+    from .keypoints import KeypointAugment, augment_spec
 
     kw = {} if keypoint_indices is None else {"keypoint_indices": tuple(keypoint_indices)}
     model = make_model(kind, arch_of(cfg), seed, **kw)
     torch.manual_seed(seed + 1)
     head = make_head("adaface", cfg.embedding_dim, int(trainset.labels.max()) + 1)
-    aug = AugmentSpec(p_photometric=cfg.p_photometric)
+    aug = augment_spec(cfg.augment)
     ckpt = None
     if cache:  # the key holds everything that changes the trained weights, the augmentation recipe included
         ckpt = checkpoint_path("kprpe", kind, keypoint_indices, sorted(arch_of(cfg).items()), cfg.epochs,

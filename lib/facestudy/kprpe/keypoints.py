@@ -15,7 +15,8 @@ image's left.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -274,6 +275,18 @@ class AugmentSpec:
         if self.randaug_ops < 0 or self.randaug_redraws < 0:
             raise ParameterError(f"AugmentSpec.randaug_ops and randaug_redraws must be >= 0, got "
                                  f"{self.randaug_ops}, {self.randaug_redraws}")
+
+
+def augment_spec(overrides: dict[str, Any] | None = None) -> AugmentSpec:
+    """An :class:`AugmentSpec` from a profile's ``augment`` dict (chapter 3): empty = the full §1.7 recipe;
+    lists become tuples; an unknown key is a ParameterError that lists the valid ones."""
+    valid = [f.name for f in fields(AugmentSpec)]
+    kw = {}
+    for k, v in dict(overrides or {}).items():
+        if k not in valid:
+            raise ParameterError(f"augment: unknown AugmentSpec field {k!r}; valid: {', '.join(valid)}")
+        kw[k] = tuple(v) if isinstance(v, list) else v
+    return AugmentSpec(**kw)
 
 
 # -- photometric ops on float (N, 3, H, W) in [0, 1]; ``factor`` (N,) is 1 + signed magnitude (1 = identity)
