@@ -120,6 +120,10 @@ def test_rules_give_verdicts_from_numbers():
     assert report.ci_excludes_zero(-0.1, 0.3).verdict == "inconclusive"
     both = report.all_of([report.at_least(1, 0), report.ci_excludes_zero(-1, 1)])
     assert both.verdict == "inconclusive"
+    gated = report.requires(0.2, 0.01, report.at_most(0.5, 2.0), what="sensitivity")
+    assert gated.verdict == "reproduced" and "sensitivity 0.2 >= 0.01" in gated.rule
+    assert report.requires(0.0, 0.01, report.at_most(0.5, 2.0), what="s").verdict == "inconclusive"
+    assert report.requires(0.5, 0.01, report.at_most(5, 2.0), what="s").verdict == "not reproduced"
 
 
 def test_bootstrap_ci_covers_the_true_difference():

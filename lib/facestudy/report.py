@@ -102,6 +102,14 @@ def all_of(verdicts: Sequence[Verdict], *, what: str = "") -> Verdict:
     return Verdict("inconclusive", rule)
 
 
+def requires(value: float, minimum: float, verdict: Verdict, *, what: str) -> Verdict:
+    """``verdict`` only when a precondition holds (``value >= minimum``), else inconclusive: for claims that
+    are vacuous without it (chapter 3: "robust to landmark noise" says nothing about a model that ignores
+    its landmarks)."""
+    rule = f"inconclusive unless {what} {value:.4g} >= {minimum:.4g}; then {verdict.rule}"
+    return Verdict(verdict.verdict if value >= minimum else "inconclusive", rule)
+
+
 # ----------------------------------------------------------------------------------------- glue
 def _in_kernel() -> bool:
     try:
