@@ -224,3 +224,15 @@ def test_image_op_curves_structure():
         assert set(table.loc[table.identity == ident, "source"]) <= set(np.flatnonzero(ids == ident))
     imgs2, table2 = lattices.image_op_curves(x, ids, ("brightness", "roll"), n_curves=3, seed=0)
     assert np.array_equal(imgs, imgs2)
+
+
+def test_synthetic_curves_cache_round_trip(tmp_path, monkeypatch):
+    """A warm lattice cache loads back (text columns must not need pickle) and equals the fresh render."""
+    from facestudy.geometry import world
+
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
+    images, table = world.synthetic_curves(1, ("yaw", "eyeglasses"), n_curves=2, size=32, seed=3)
+    assert list((tmp_path / "geometry" / "lattices").glob("world-*.npz"))
+    images2, table2 = world.synthetic_curves(1, ("yaw", "eyeglasses"), n_curves=2, size=32, seed=3)
+    assert np.array_equal(images, images2)
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), table2.reset_index(drop=True), check_dtype=False)

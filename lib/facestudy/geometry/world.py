@@ -49,7 +49,7 @@ def synthetic_curves(n_identities: int, attributes: tuple[str, ...] = HIGH_LEVEL
         raise ParameterError(f"unknown synthetic lattice attribute(s) {bad}; valid: {', '.join(WORLD_ATTRIBUTES)}")
     spec = {a: WORLD_ATTRIBUTES[a][1:] for a in attributes}
     key = cache_key({"n": n_identities, "attrs": list(attributes), "spec": spec, "curves": n_curves, "size": size,
-                     "seed": seed, "id_seed": identity_seed, "context": context, "v": 1})
+                     "seed": seed, "id_seed": identity_seed, "context": context, "v": 2})
     path = fdata.cache_dir() / "geometry" / "lattices" / f"world-{key}.npz"
     if cache and path.exists():
         with np.load(path, allow_pickle=False) as z:
@@ -70,7 +70,10 @@ def synthetic_curves(n_identities: int, attributes: tuple[str, ...] = HIGH_LEVEL
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, images=images, **{f"t_{c}": table[c].to_numpy() for c in table.columns})
+        # text columns as fixed-width unicode: an object array would need pickle to load back
+        cols = {f"t_{c}": (table[c].to_numpy(dtype=str) if table[c].dtype.kind not in "biuf" else table[c].to_numpy())
+                for c in table.columns}
+        np.savez(tmp, images=images, **cols)
         tmp.replace(path)
     return images, table
 
