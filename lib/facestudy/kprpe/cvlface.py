@@ -61,39 +61,39 @@ _PRESETS = {"base": {"depth": 24, "heads": 16, "mlp_ratio": 3.0},
 _FIX = (f"pass the state dict of CVLface's ViT-KPRPE (pretrained_model/model.pt or model.safetensors of the "
         f"HuggingFace repo {HF_REPO}; see data_manifests/fr_checkpoints.yaml)")
 
-# (CVLface pattern, our replacement) and the inverse
-_TO_OURS: tuple[tuple[str, str], ...] = (
-    (r"^patch_embed\.proj\.(weight|bias)$", r"patch_embed.\1"),
-    (r"^pos_embed$", r"pos_embed"),
-    (r"^blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)$", r"blocks.\1.\2.\3"),
-    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"blocks.\1.attn.qkv.weight"),
-    (r"^blocks\.(\d+)\.attn\.proj\.(weight|bias)$", r"blocks.\1.attn.proj.\2"),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.(weight|bias)$", r"blocks.\1.mlp.0.\2"),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.(weight|bias)$", r"blocks.\1.mlp.2.\2"),
-    (r"^norm\.(weight|bias)$", r"norm.\1"),
-    (r"^feature\.([0-3])\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r"head.\1.\2"),
-    (r"^keypoint_linear\.(weight|bias)$", r"rpe.net.\1"),
-    (r"^keypoint_linear\.(\d+)\.(weight|bias)$", r"rpe.net.\1.\2"),
+# One table, read both ways: (CVLface key template, our key template). ``{name}`` stands for the regex of
+# _FIELDS[name] and is carried over unchanged, so the same row renames CVLface -> ours and ours -> CVLface.
+_KEY_MAP: tuple[tuple[str, str], ...] = (
+    ("patch_embed.proj.{wb}", "patch_embed.{wb}"),
+    ("pos_embed", "pos_embed"),
+    ("blocks.{i}.{norm}.{wb}", "blocks.{i}.{norm}.{wb}"),
+    ("blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.qkv.weight"),
+    ("blocks.{i}.attn.proj.{wb}", "blocks.{i}.attn.proj.{wb}"),
+    ("blocks.{i}.mlp.fc1.{wb}", "blocks.{i}.mlp.0.{wb}"),
+    ("blocks.{i}.mlp.fc2.{wb}", "blocks.{i}.mlp.2.{wb}"),
+    ("norm.{wb}", "norm.{wb}"),
+    ("feature.{j}.{bn}", "head.{j}.{bn}"),
+    ("keypoint_linear.{wb}", "rpe.net.{wb}"),
+    ("keypoint_linear.{i}.{wb}", "rpe.net.{i}.{wb}"),  # the _v2 ablations' MLP
 )
-_TO_THEIRS: tuple[tuple[str, str], ...] = (
-    (r"^patch_embed\.(weight|bias)$", r"patch_embed.proj.\1"),
-    (r"^pos_embed$", r"pos_embed"),
-    (r"^blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)$", r"blocks.\1.\2.\3"),
-    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"blocks.\1.attn.qkv.weight"),
-    (r"^blocks\.(\d+)\.attn\.proj\.(weight|bias)$", r"blocks.\1.attn.proj.\2"),
-    (r"^blocks\.(\d+)\.mlp\.0\.(weight|bias)$", r"blocks.\1.mlp.fc1.\2"),
-    (r"^blocks\.(\d+)\.mlp\.2\.(weight|bias)$", r"blocks.\1.mlp.fc2.\2"),
-    (r"^norm\.(weight|bias)$", r"norm.\1"),
-    (r"^head\.([0-3])\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r"feature.\1.\2"),
-    (r"^rpe\.net\.(weight|bias)$", r"keypoint_linear.\1"),
-    (r"^rpe\.net\.(\d+)\.(weight|bias)$", r"keypoint_linear.\1.\2"),
-)
+_FIELDS = {"wb": "weight|bias", "i": r"\d+", "norm": "norm1|norm2", "j": "[0-3]",
+           "bn": "weight|bias|running_mean|running_var|num_batches_tracked"}
 
 
-def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
-    for pat, rep in rules:
-        if re.match(pat, key):
-            return re.sub(pat, rep, key)
+def _compile(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for i, p in enumerate(parts)))
+
+
+_RULES = {"ours": [(_compile(a), b) for a, b in _KEY_MAP], "theirs": [(_compile(b), a) for a, b in _KEY_MAP]}
+
+
+def _rename(key: str, to: str) -> str | None:
+    """``key`` renamed ``to`` "ours" (from CVLface) or "theirs" (to CVLface); None when no row matches."""
+    for pattern, target in _RULES[to]:
+        m = pattern.fullmatch(key)
+        if m:
+            return target.format(**m.groupdict())
     return None
 
 
@@ -282,7 +282,7 @@ def convert_state_dict(sd: Mapping[str, Any], arch: Mapping[str, Any] | None = N
             if torch.count_nonzero(val):
                 unknown.append(f"{key} (non-zero qkv bias: our ViT's qkv has no bias, as CVLface's qkv_bias=False)")
             continue
-        ours = _rename(key, _TO_OURS)
+        ours = _rename(key, "ours")
         if ours is None or ours not in expected:
             unknown.append(key)
             continue
@@ -322,7 +322,7 @@ def export_state_dict(model: torch.nn.Module, prefix: str = "") -> dict[str, tor
                              "always has a keypoint_linear)")
     out = {}
     for key, val in model.state_dict().items():
-        theirs = _rename(key, _TO_THEIRS)
+        theirs = _rename(key, "theirs")
         if theirs is None:
             raise ParameterError(f"export_state_dict: key {key!r} has no CVLface counterpart")
         out[prefix + theirs] = val.detach().clone()
