@@ -91,3 +91,18 @@ def test_embed_cached_and_evaluate_pairs(tmp_path, monkeypatch):
     pairs = pd.DataFrame({"a": [0, 2, 0, 1], "b": [1, 3, 4, 5], "same": [True, True, False, False]})
     r = E.evaluate_pairs(m, fs, pairs, flip=False)
     assert np.allclose(r.scores, E.pair_scores(a, pairs), atol=1e-5)
+
+
+def test_faceset_hash_covers_images_labels_and_landmarks():
+    from facestudy.data import LANDMARK_COLUMNS
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    meta = pd.DataFrame(rng.uniform(0, 8, (4, 10)), columns=LANDMARK_COLUMNS)
+    base = E.faceset_hash(FaceSet(images, np.arange(4), meta.copy(), name="a"))
+    assert base == E.faceset_hash(FaceSet(images.copy(), np.arange(4), meta.copy(), name="b"))
+    moved = meta.copy()
+    moved.iloc[0, 0] += 1e-4  # a landmark moved by 1e-4 px: KP-RPE trains on it, so the cache must miss
+    assert E.faceset_hash(FaceSet(images, np.arange(4), moved, name="a")) != base
+    assert E.faceset_hash(FaceSet(images, np.arange(4)[::-1].copy(), meta.copy(), name="a")) != base
+    assert E.faceset_hash(FaceSet(images, np.arange(4), None, name="a")) != base  # no landmarks at all

@@ -151,11 +151,15 @@ def _cache_dir() -> Path:
 
 
 def faceset_hash(faceset: Any) -> str:
-    """sha1 of a FaceSet's images and labels (its content identity for caches)."""
+    """sha1 of a FaceSet's images, labels and landmarks when it has them (its content identity for caches:
+    keypoint models such as chapter 3's KP-RPE train and embed with the landmarks)."""
     h = hashlib.sha1()
     h.update(str(faceset.images.shape).encode())
     h.update(np.ascontiguousarray(faceset.images).tobytes())
     h.update(np.ascontiguousarray(faceset.labels).tobytes())
+    landmarks = getattr(faceset, "landmarks", None)
+    if landmarks is not None:
+        h.update(np.ascontiguousarray(landmarks, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -284,12 +284,6 @@ def _with_detected_landmarks(faces):
     return FaceSet(faces.images, faces.labels, meta, name=faces.name, source=faces.source, info=dict(faces.info))
 
 
-def _landmarks_digest(faces) -> str:
-    """sha1 of a FaceSet's landmarks (KP-RPE trains on them; ``faceset_hash`` covers images and labels only)."""
-    lm = faces.landmarks
-    return "none" if lm is None else hashlib.sha1(np.ascontiguousarray(lm, dtype=np.float64).tobytes()).hexdigest()[:16]
-
-
 def arch_of(cfg: Any) -> dict[str, Any]:
     """The ViT architecture keys of a chapter-3 profile."""
     return dict(input_size=cfg.image_size, patch=cfg.patch, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
@@ -317,7 +311,7 @@ def train_model(kind: str, cfg: Any, trainset, seed: int, device: Any = "auto",
     if cache:  # the key holds everything that changes the trained weights, the augmentation recipe included
         ckpt = checkpoint_path("kprpe", kind, keypoint_indices, sorted(arch_of(cfg).items()), cfg.epochs,
                                cfg.batch_size, cfg.lr, cfg.optimizer, cfg.warmup, cfg.repeat_prob, aug,
-                               AUGMENT_VERSION, faceset_hash(trainset), _landmarks_digest(trainset), seed)
+                               AUGMENT_VERSION, faceset_hash(trainset), seed)
     t0 = time.perf_counter()
     hist = fit(model, head, trainset, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, device=device,
                optimizer=cfg.optimizer, warmup=cfg.warmup, augment=KeypointAugment(aug), grad_clip=5.0,
