@@ -110,6 +110,39 @@ class MobileFaceNet(FaceModel):
         x = self.gdc(self.conv_sep(x)).flatten(1)
         return self.emb_bn(self.fc(x))
 
+    def tail(self, after: str = "conv_sep") -> nn.Module:
+        """A trainable copy of the network *after* layer ``after`` (its output -> raw embedding).
+
+        ``after`` is ``"conv_sep"`` (tail = GDC + FC + BatchNorm, the 7x7x512 map -> embedding) or
+        ``"blocks.N"`` (tail = blocks N+1.. + conv_sep + GDC + FC + BatchNorm). Chapters 1, 3 and 5 train
+        such tails on features cached by :func:`facestudy.eval.trunk.trunk_features` (the frozen trunk).
+        """
+        import copy
+
+        n_blocks = len(self.blocks)
+        if after == "conv_sep":
+            start = n_blocks
+            parts: list[nn.Module] = []
+        elif after.startswith("blocks.") and after[7:].isdigit() and int(after[7:]) < n_blocks:
+            start = int(after[7:]) + 1
+            parts = [copy.deepcopy(self.blocks[i]) for i in range(start, n_blocks)] + [copy.deepcopy(self.conv_sep)]
+        else:
+            raise ParameterError(f"tail(after={after!r}): valid layers are 'conv_sep' and 'blocks.0' .. "
+                                 f"'blocks.{n_blocks - 1}'")
+        return _Tail(nn.Sequential(*parts), copy.deepcopy(self.gdc), copy.deepcopy(self.fc),
+                     copy.deepcopy(self.emb_bn))
+
+
+class _Tail(nn.Module):
+    """The end of a MobileFaceNet: (optional blocks) -> GDC -> flatten -> FC -> BatchNorm (raw embedding)."""
+
+    def __init__(self, body: nn.Module, gdc: nn.Module, fc: nn.Module, emb_bn: nn.Module) -> None:
+        super().__init__()
+        self.body, self.gdc, self.fc, self.emb_bn = body, gdc, fc, emb_bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.emb_bn(self.fc(self.gdc(self.body(x)).flatten(1)))
+
 
 # ------------------------------------------------------------------------------------- MXNet (MS1M)
 _MX_BLOCKS = (["dconv_23"] + [f"res_3_block{i}" for i in range(4)] + ["dconv_34"]
