@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -109,48 +110,51 @@ def test_cli_list(capsys):
     assert "profile" in out and "smoke | default | gpu | paper" in out
 
 
-def test_rules_give_verdicts_from_numbers():
-    assert report.greater(0.9, 0.8).verdict == "reproduced"
-    assert report.greater(0.7, 0.8, tolerance=0.05).verdict == "not reproduced"
-    assert report.greater(0.79, 0.8, tolerance=0.05).verdict == "inconclusive"
-    assert report.at_least(99.2, 99.0).verdict == "reproduced"
-    assert report.at_most(5, 3).verdict == "not reproduced"
-    assert report.ci_excludes_zero(0.1, 0.3).verdict == "reproduced"
-    assert report.ci_excludes_zero(-0.3, -0.1).verdict == "not reproduced"
-    assert report.ci_excludes_zero(-0.1, 0.3).verdict == "inconclusive"
-    both = report.all_of([report.at_least(1, 0), report.ci_excludes_zero(-1, 1)])
-    assert both.verdict == "inconclusive"
-    gated = report.requires(0.2, 0.01, report.at_most(0.5, 2.0), what="sensitivity")
-    assert gated.verdict == "reproduced" and "sensitivity 0.2 >= 0.01" in gated.rule
-    assert report.requires(0.0, 0.01, report.at_most(0.5, 2.0), what="s").verdict == "inconclusive"
-    assert report.requires(0.5, 0.01, report.at_most(5, 2.0), what="s").verdict == "not reproduced"
+def test_rules_give_four_verdicts_from_estimates():
+    from facestudy import stats
 
-
-def test_bootstrap_ci_covers_the_true_difference():
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(1.0, 1, 400), rng.normal(0.0, 1, 400)
-    est, lo, hi = report.bootstrap_diff_ci(a, b, n_boot=500)
-    assert lo < 1.0 < hi and lo > 0.5 and abs(est - 1.0) < 0.2
-    est, lo, hi = report.bootstrap_diff_ci(a, a, paired=True, n_boot=200)
-    assert est == lo == hi == 0.0
+    up = stats.mean_ci([1.0, 1.2, 0.9, 1.1], unit="seeds")
+    assert report.effect(up, what="gain").verdict == "reproduced"
+    down = stats.mean_ci([-1.0, -1.2, -0.9, -1.1], unit="seeds")
+    assert report.effect(down, what="gain").verdict == "not reproduced"
+    few = stats.mean_ci([1.0, 2.0], unit="seeds")
+    v = report.effect(few, what="gain")
+    assert v.verdict == "untestable here" and ">= 3 seeds" in v.needs
+    noisy = stats.mean_ci([3.0, -2.0, 1.0, -1.5], unit="seeds")
+    v = report.effect(noisy, what="gain", smallest=0.5)
+    assert v.verdict == "untestable here" and "power" in v.why
+    tight = stats.mean_ci(np.r_[np.full(20, 0.01), np.full(20, -0.01)], unit="folds")
+    assert report.effect(tight, what="gain", smallest=1.0).verdict == "not reproduced"
+    assert report.effect(tight, what="gain").verdict == "inconclusive"
+    assert report.noninferior(tight, delta=0.5, what="aligned").verdict == "reproduced"
+    assert report.equivalent(tight, delta=0.5, what="no change").verdict == "reproduced"
+    assert report.exact(0.18, at_most=1.0, what="% parameters").verdict == "reproduced"
+    both = report.all_of([report.effect(up, what="a"), report.effect(noisy, what="b", smallest=0.5)])
+    assert both.verdict == "untestable here"
+    gated = report.requires(0.0, 0.01, report.effect(up, what="a"), what="keypoint sensitivity")
+    assert gated.verdict == "untestable here" and "keypoint sensitivity" in gated.why
+    assert report.requires(0.5, 0.01, report.effect(down, what="a"), what="s").verdict == "not reproduced"
 
 
 def test_claim_records_and_refuses_typed_verdicts(tmp_path, monkeypatch):
+    from facestudy import stats
+
     monkeypatch.setenv("FACESTUDY_RECORDS", str(tmp_path))
     report._begin_chapter("00_setup", "smoke")
     with pytest.raises(TypeError, match="never a typed string"):
         report.claim("X1", "s", paper="p", ours=1.0, verdict="reproduced")
-    report.claim("X1", "a beats b", paper="0.9 > 0.8", ours=0.91, verdict=report.greater(0.91, 0.8))
-    report.claim("X2", "c", paper="p", ours="n/a", verdict=report.at_least(0, 1))
+    est = stats.mean_ci([0.11, 0.09, 0.1, 0.12], unit="seeds")
+    report.claim("X1", "a beats b", paper="+0.1", verdict=report.effect(est, what="gain"), scale="points")
+    report.claim("X2", "c", paper="p", ours="n/a", verdict=report.untestable(why="no GPU", needs="gpu profile"))
     rec = json.loads((tmp_path / "00_setup.claims.json").read_text())
     assert [c["id"] for c in rec["claims"]] == ["X1", "X2"]
-    assert rec["claims"][0]["verdict"] == "reproduced" and rec["claims"][1]["verdict"] == "not reproduced"
+    x1, x2 = rec["claims"]
+    assert x1["verdict"] == "reproduced" and x1["n"] == 4 and x1["unit"] == "seeds" and x1["low"] > 0
+    assert "[" in x1["ours"] and x2["verdict"] == "untestable here" and x2["needs"] == "gpu profile"
     from facestudy.scorecard import write_scorecard
 
     page = write_scorecard(tmp_path, tmp_path / "scorecard.md").read_text()
-    assert "| 00_setup (smoke) | X1 | a beats b |" in page and "1 reproduced" in page
+    assert "X1" in page and "a beats b" in page and "1 reproduced" in page and "1 untestable here" in page
 
 
 def _mini_book(tmp_path: Path, cell_source: str) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import atomic_write_text, load_records
+from .report import ICONS, atomic_write_text, load_records
 
-ICON = {"reproduced": "✅ reproduced", "not reproduced": "❌ not reproduced", "inconclusive": "❔ inconclusive"}
+ICON = {k: f"{v} {k}" for k, v in ICONS.items()}
 
 
 def _cell(text: str) -> str:

@@ -1,0 +1,295 @@
+"""Statistics behind every verdict in the book ("How claims are judged" explains them to readers).
+
+Everything here answers one question: *how sure are we of an effect, given the unit that actually varies?*
+The functions return an :class:`Estimate` (the effect, its 95 % interval, a one-sided p-value, the number
+of independent units and what they are); the verdict rules in :mod:`facestudy.report` turn an Estimate into
+one of four verdicts. Built on :mod:`scipy.stats` wherever scipy does the job.
+
+Which interval, and why
+-----------------------
+- **Paired mean differences** over units (seeds, identities, attributes, LFW folds): the Student-t interval
+  of the per-unit differences (``scipy.stats.ttest_1samp``). It is exact when the per-unit differences are
+  normal, and each of our units is already an average over many pairs or images, so they are close to
+  normal; the calibration tests (``tests/test_stats_calibration.py``) check its false-positive rate at the
+  sizes the chapters use, with normal and with heavy-tailed (t, 3 d.o.f.) noise. The percentile bootstrap
+  this replaces is [min, max] at n = 3 and said "reproduced" 12 % of the time with no effect.
+- **Exact sign-flip permutation test** (``scipy.stats.permutation_test``, ``method="signflip"``) where the
+  per-unit differences may be far from normal (e.g. KS differences over attributes). Exact at any n, but
+  its smallest p-value is 2^-n, so it cannot decide anything below ``MIN_N_SIGNFLIP`` = 6 units at the
+  one-sided 2.5 % level: such a design is *untestable here*, never "reproduced".
+- **Seeds are the unit of replication** for anything trained (:func:`seeds`): each seed's result is first
+  averaged over its evaluation units (folds, identities), then the t-interval runs over the per-seed
+  differences — a two-stage (summary-statistics) analysis. It is the standard valid analysis for a
+  balanced seeds x folds design: the per-seed mean carries both the training noise and that seed's
+  evaluation noise, and seeds are independent. Resampling folds as if they were independent would
+  ignore the training noise (chapter 3 measured 4-11 accuracy points between two seeds of one ViT).
+  Paired by seed index when both arms share each seed's data order and initialisation; Welch otherwise.
+- **Correlation** (:func:`spearman`): Spearman's rho, decided by the exact-in-distribution permutation
+  test (``permutation_type="pairings"``) and shown with a BCa bootstrap interval (``scipy.stats.bootstrap``)
+  over the unit whose values are paired (for chapter 1, attributes).
+- **Families** (:func:`holm`): Holm's step-down adjustment where one claim tests several sub-hypotheses
+  and any of them would do; "all of" combinations need no adjustment (intersection-union).
+- **Power** (:func:`mde`): the smallest effect a design detects with 80 % power at the one-sided 2.5 %
+  level, ``(t_{1-alpha} + t_{0.8}) * se``; when it exceeds the smallest effect of interest (usually the
+  paper's), a non-significant result is *untestable here* rather than *inconclusive*.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from .errors import ParameterError
+
+#: one-sided level of every directional decision (= a two-sided 95 % interval)
+ALPHA = 0.025
+LEVEL = 1 - 2 * ALPHA
+#: fewest units a t-interval is computed from (2 degrees of freedom)
+MIN_N_T = 3
+#: fewest units at which the exact sign-flip test can reach p < ALPHA (2^-6 = 0.0156)
+MIN_N_SIGNFLIP = int(math.ceil(math.log2(1 / ALPHA)))
+#: power used for the minimal detectable effect
+POWER = 0.8
+
+
+@dataclass
+class Estimate:
+    """An effect with its interval. ``p`` is one-sided, for "effect > 0" (the claimed direction)."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    unit: str
+    method: str
+    p: float = float("nan")
+    se: float = float("nan")
+    df: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mde(self) -> float:
+        """Minimal detectable effect (80 % power, one-sided 2.5 %) of this design; nan if unknown."""
+        return mde(self.se, self.df)
+
+    def text(self, digits: int = 3, scale: float = 1.0, unit_label: str = "") -> str:
+        """``+1.23 [0.4, 2.1] (n = 5 seeds)``."""
+        f = lambda v: f"{v * scale:+.{digits}g}" if np.isfinite(v) else "nan"  # noqa: E731
+        lab = f" {unit_label}" if unit_label else ""
+        return f"{f(self.estimate)}{lab} [{f(self.low)}, {f(self.high)}] (n = {self.n} {self.unit})"
+
+    def shifted(self, by: float) -> "Estimate":
+        """The same estimate of ``effect - by`` (for margins)."""
+        return Estimate(self.estimate - by, self.low - by, self.high - by, self.n, self.unit, self.method,
+                        float("nan"), self.se, self.df, dict(self.extra))
+
+
+def _clean(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim != 1:
+        raise ParameterError(f"{name} must be 1-D (one value per unit), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ParameterError(f"{name} contains NaN/inf values")
+    return a
+
+
+def mde(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest true effect detected with probability ``power`` by a one-sided level-``alpha`` t-test."""
+    if not (np.isfinite(se) and np.isfinite(df)) or df < 1:
+        return float("nan")
+    return float((sps.t.ppf(1 - alpha, df) + sps.t.ppf(power, df)) * se)
+
+
+def mean_ci(d: Sequence[float], *, unit: str = "units", method: str = "t", level: float = LEVEL,
+            seed: int = 0, n_resamples: int = 9999) -> Estimate:
+    """Mean of per-unit values (usually paired differences) with an interval and a one-sided p (mean > 0).
+
+    ``method="t"``: Student t (scipy.stats.ttest_1samp). ``method="signflip"``: exact sign-flip
+    permutation p-value (scipy.stats.permutation_test, all 2^n sign patterns up to n = 16, else
+    ``n_resamples`` random ones); the interval shown is the t interval. Below the method's minimum n the
+    interval is (-inf, inf) and p = 1, so no rule can call it significant.
+    """
+    d = _clean(d, "values")
+    n = len(d)
+    if method not in ("t", "signflip"):
+        raise ParameterError(f"unknown method {method!r}; valid: t, signflip")
+    est = float(d.mean()) if n else float("nan")
+    if n < MIN_N_T or (method == "signflip" and n < MIN_N_SIGNFLIP):
+        return Estimate(est, -math.inf, math.inf, n, unit, method, 1.0, extra={"too_few": True})
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    df = n - 1
+    if se == 0.0:  # every unit identical: the interval is the point
+        p = 0.0 if est > 0 else 1.0
+        return Estimate(est, est, est, n, unit, method, p, 0.0, df, {"p_less": 0.0 if est < 0 else 1.0})
+    ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence_level=level)
+    p = float(sps.ttest_1samp(d, 0.0, alternative="greater").pvalue)
+    p_less = float(sps.ttest_1samp(d, 0.0, alternative="less").pvalue)
+    if method == "signflip":
+        kw = dict(permutation_type="samples", n_resamples=n_resamples if n > 16 else np.inf, random_state=seed)
+        p = float(sps.permutation_test((d,), np.mean, alternative="greater", **kw).pvalue)
+        p_less = float(sps.permutation_test((d,), np.mean, alternative="less", **kw).pvalue)
+    return Estimate(est, float(ci.low), float(ci.high), n, unit, method, p, se, df, {"p_less": p_less})
+
+
+def paired(a: Sequence[float], b: Sequence[float], *, unit: str = "units", method: str = "t",
+           **kw: Any) -> Estimate:
+    """Mean of ``a - b`` over paired units (same identity / fold / attribute / seed in both arms)."""
+    a, b = _clean(a, "a"), _clean(b, "b")
+    if a.shape != b.shape:
+        raise ParameterError(f"paired comparison needs one value per unit in both arms, got {len(a)} and {len(b)}")
+    return mean_ci(a - b, unit=unit, method=method, **kw)
+
+
+def seeds(a: Any, b: Any = None, *, paired: bool = True, unit: str = "seeds",
+          level: float = LEVEL) -> Estimate:
+    """Effect of arm ``a`` over arm ``b`` with the training seed as the unit of replication.
+
+    ``a`` and ``b`` are ``(n_seeds,)`` results or ``(n_seeds, n_eval)`` results per evaluation unit (folds,
+    identities), averaged over the evaluation axis first (two-stage analysis, see the module docstring).
+    ``b=None`` tests ``a`` itself against 0 (e.g. already-differenced values). ``paired=True`` pairs seed
+    i of both arms (same data order / initialisation seed); ``paired=False`` uses Welch's t.
+    """
+    def per_seed(x: Any, name: str) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 2:
+            x = x.mean(axis=1)
+        return _clean(x, name)
+
+    a = per_seed(a, "a")
+    if b is None:
+        return mean_ci(a, unit=unit, level=level)
+    b = per_seed(b, "b")
+    if paired:
+        if a.shape != b.shape:
+            raise ParameterError(f"paired seeds need the same seeds in both arms, got {len(a)} and {len(b)}")
+        return mean_ci(a - b, unit=unit, level=level)
+    na, nb = len(a), len(b)
+    est = float(a.mean() - b.mean())
+    if min(na, nb) < 2 or na + nb < MIN_N_T + 1:
+        return Estimate(est, -math.inf, math.inf, min(na, nb), unit, "welch", 1.0, extra={"too_few": True})
+    res = sps.ttest_ind(a, b, equal_var=False, alternative="greater")
+    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=level)
+    va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+    se = math.sqrt(va + vb)
+    df = float(res.df) if hasattr(res, "df") else float("nan")
+    return Estimate(est, float(ci.low), float(ci.high), min(na, nb), unit, "welch", float(res.pvalue), se, df)
+
+
+def spearman(x: Sequence[float], y: Sequence[float], *, unit: str = "units", seed: int = 0,
+             n_resamples: int = 1999, level: float = LEVEL) -> Estimate:
+    """Spearman's rho of paired values, its BCa bootstrap interval over units, and the one-sided
+    permutation p-value for rho > 0 (for a claimed negative correlation, pass ``-y`` or read
+    ``extra["p_less"]``)."""
+    x, y = _clean(x, "x"), _clean(y, "y")
+    if x.shape != y.shape:
+        raise ParameterError(f"spearman needs paired values, got {len(x)} and {len(y)}")
+    n = len(x)
+    if n < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        rho = float(sps.spearmanr(x, y).statistic) if n >= 2 and np.ptp(x) and np.ptp(y) else float("nan")
+        return Estimate(rho, -1.0, 1.0, n, unit, "spearman", 1.0, extra={"too_few": True, "p_less": 1.0})
+    rx = sps.rankdata(x)
+
+    def stat(yv, axis=-1):
+        ry = sps.rankdata(yv, axis=axis)
+        rxc = rx - rx.mean()
+        ryc = ry - ry.mean(axis=axis, keepdims=True)
+        return (ryc * rxc).sum(axis=axis) / np.sqrt((rxc ** 2).sum() * (ryc ** 2).sum(axis=axis))
+
+    rho = float(stat(y))
+    perm = sps.permutation_test((y,), stat, permutation_type="pairings", alternative="two-sided",
+                                n_resamples=n_resamples, random_state=seed, vectorized=True)
+    null = perm.null_distribution
+    p_greater = float((np.sum(null >= rho - 1e-12) + 1) / (len(null) + 1))
+    p_less = float((np.sum(null <= rho + 1e-12) + 1) / (len(null) + 1))
+
+    def rho_xy(xv, yv, axis=-1):  # vectorised Spearman: Pearson correlation of the ranks
+        rxv, ryv = sps.rankdata(xv, axis=axis), sps.rankdata(yv, axis=axis)
+        rxv = rxv - rxv.mean(axis=axis, keepdims=True)
+        ryv = ryv - ryv.mean(axis=axis, keepdims=True)
+        den = np.sqrt((rxv ** 2).sum(axis=axis) * (ryv ** 2).sum(axis=axis))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (rxv * ryv).sum(axis=axis) / np.where(den > 0, den, 1), 0.0)
+
+    kw = dict(paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=level, random_state=seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        try:
+            ci = sps.bootstrap((x, y), rho_xy, method="BCa", **kw).confidence_interval
+            if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+                raise ValueError("BCa undefined")
+        except Exception:  # noqa: BLE001 - BCa undefined (degenerate resamples): percentile instead
+            ci = sps.bootstrap((x, y), rho_xy, method="percentile", **kw).confidence_interval
+    low, high = float(ci.low), float(ci.high)
+    return Estimate(rho, low, high, n, unit, "spearman", p_greater, extra={"p_less": p_less})
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control for "any of these" claims)."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj
+
+
+def proportion(successes: int, n: int, *, level: float = LEVEL) -> Estimate:
+    """A rate with its exact Clopper-Pearson interval (scipy.stats.binomtest)."""
+    if n <= 0:
+        return Estimate(float("nan"), 0.0, 1.0, 0, "trials", "clopper-pearson", 1.0, extra={"too_few": True})
+    res = sps.binomtest(int(successes), int(n))
+    ci = res.proportion_ci(confidence_level=level, method="exact")
+    return Estimate(successes / n, float(ci.low), float(ci.high), n, "trials", "clopper-pearson")
+
+
+def seeds_needed(est: Estimate, effect: float, *, alpha: float = ALPHA, power: float = POWER,
+                 max_n: int = 1000) -> int | None:
+    """Units needed for the design to detect ``effect`` (same per-unit spread as ``est``); None if unknown."""
+    if not (np.isfinite(est.se) and est.n >= 2 and effect > 0):
+        return None
+    sd = est.se * math.sqrt(est.n)
+    for n in range(max(est.n, MIN_N_T), max_n + 1):
+        if mde(sd / math.sqrt(n), n - 1, alpha, power) <= effect:
+            return n
+    return None
+
+
+# ------------------------------------------------------------------------------------------ designs
+@dataclass(frozen=True)
+class Design:
+    """One rule as a chapter uses it: which claims, which rule, and where its number of units comes from
+    (``n``: a key of the chapter's profile in :data:`facestudy.profiles.TABLE` — a list counts its length —
+    or a fixed count such as the 10 LFW folds). ``tests/test_stats_calibration.py`` simulates every entry
+    with no effect at the chapter's ``default`` and ``gpu`` sizes and checks the rule's false-positive rate;
+    the "How claims are judged" page shows the same table with the power of each design."""
+
+    claims: str
+    chapter: str
+    rule: str  # "t" | "signflip" | "welch" | "spearman" | "noninferior" | "equivalent"
+    n: str | int
+    unit: str
+
+
+#: Every (claim, rule, sample size) the book uses. A chapter that adds a claim adds its design here.
+DESIGNS: list[Design] = []
+
+
+def design_n(d: Design, profile: str = "default") -> int:
+    """The number of units of a design at a profile (read from profiles.TABLE, never restated)."""
+    if isinstance(d.n, int):
+        return d.n
+    from . import profiles
+
+    cfg = profiles.resolve(d.chapter, profile)
+    v = cfg
+    for part in d.n.split("."):
+        v = v[part]
+    return len(v) if isinstance(v, (list, tuple)) else int(v)
