@@ -25,6 +25,7 @@ from .formats import (  # noqa: F401
     write_bin,
 )
 from .mtcnn import MTCNN, Detections  # noqa: F401
+from .retinaface import DETECTORS, RetinaFace, detector  # noqa: F401
 from .store import (  # noqa: F401
     TarReader,
     available,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import DataError, ParameterError
 
 
 class PNet(nn.Module):
@@ -86,12 +86,14 @@ class ONet(nn.Module):
 
 @dataclass
 class Detections:
-    """One image's faces: ``boxes`` (k, 4) x1, y1, x2, y2; ``scores`` (k,); ``landmarks`` (k, 5, 2) pixels.
+    """One image's faces: ``boxes`` (k, 4) x1, y1, x2, y2; ``scores`` (k,); ``landmarks`` (k, 5, 2) pixels;
+    ``image_size`` (height, width) of the image they were found in (set by the detectors).
     Sorted by score, highest first. Unpacks as ``boxes, scores, landmarks = det``."""
 
     boxes: np.ndarray
     scores: np.ndarray
     landmarks: np.ndarray
+    image_size: tuple[int, int] | None = None
 
     def __iter__(self):
         return iter((self.boxes, self.scores, self.landmarks))
@@ -99,14 +101,64 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def best(self, rule: str = "largest") -> int | None:
-        """Index of the face to keep: ``largest`` box (ties by score) or ``score``; None when empty."""
+    def best(self, rule: str = "largest", point: Sequence[float] | None = None) -> int | None:
+        """Index of the face to keep, None when empty:
+
+        - ``"largest"``: the largest box (ties by score);
+        - ``"score"``: the most confident;
+        - ``"centre"``: the box whose centre is nearest ``point`` (x, y), by default the image centre
+          (the LFW convention: the person named is the face in the middle of the photo; ties by score).
+        """
+        if rule not in FACE_RULES:
+            raise ParameterError(f"unknown face rule {rule!r}; valid rules: {', '.join(FACE_RULES)}")
         if not len(self):
             return None
         if rule == "score":
             return int(np.argmax(self.scores))
+        if rule == "centre":
+            if point is None:
+                if self.image_size is None:
+                    raise ParameterError("best('centre') needs the image size: pass point=(x, y) or use "
+                                         "Detections from a detector (they carry image_size)")
+                point = ((self.image_size[1] - 1) / 2.0, (self.image_size[0] - 1) / 2.0)
+            px, py = (float(v) for v in point)
+            if not (math.isfinite(px) and math.isfinite(py)):
+                raise ParameterError(f"best('centre'): point must be finite, got {point!r}")
+            cx = (self.boxes[:, 0] + self.boxes[:, 2]) / 2
+            cy = (self.boxes[:, 1] + self.boxes[:, 3]) / 2
+            dist = np.hypot(cx - px, cy - py)
+            return int(np.lexsort((-self.scores, dist))[0])
         area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
         return int(np.lexsort((-self.scores, -area))[0])
+
+
+FACE_RULES = ("largest", "score", "centre")
+
+
+def as_image_list(images, what: str) -> list[np.ndarray]:
+    """Detector input -> a list of uint8 (H, W, 3) RGB arrays, validated (one clear error per problem).
+
+    Accepts an (N, H, W, 3) array / tensor, one (H, W, 3) image, or a list of (H, W, 3) images; uint8, or
+    float declared in 0..1 (converted). Grayscale (2-D or 1-channel), NaN and out-of-range floats are refused.
+    """
+    from .align import check_image
+
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = [images]
+        elif images.ndim == 4:
+            images = list(images)
+        elif images.ndim == 2:
+            raise ParameterError(f"{what}: got a 2-D array {images.shape}, a grayscale image; detectors take RGB "
+                                 "(H, W, 3): convert with np.repeat(img[..., None], 3, axis=-1)")
+        else:
+            raise ParameterError(f"{what}: images must be (N, H, W, 3) or (H, W, 3), got shape {images.shape}")
+    elif not isinstance(images, (list, tuple)):
+        raise ParameterError(f"{what}: images must be a numpy array, a torch tensor or a list of (H, W, 3) "
+                             f"arrays, got {type(images).__name__}")
+    return [check_image(im, f"{what}: image {i}") for i, im in enumerate(images)]
 
 
 # ---------------------------------------------------------------------------------------- box helpers
@@ -287,12 +339,8 @@ class MTCNN(nn.Module):
                 return self.detect(images)
             finally:
                 self.min_face_size = saved
-        if isinstance(images, (np.ndarray, torch.Tensor)) and np.ndim(images) == 3:
-            images = [images]
-        imgs = [torch.as_tensor(np.array(im, copy=True)).permute(2, 0, 1).float() for im in images]
-        for i, im in enumerate(imgs):
-            if im.shape[0] != 3:
-                raise DataError(f"MTCNN.detect: image {i} must be (H, W, 3) RGB, got {tuple(im.shape)}")
+        imgs = [torch.from_numpy(im).permute(2, 0, 1).float()
+                for im in as_image_list(images, "MTCNN.detect")]
         n = len(imgs)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(imgs):
@@ -342,7 +390,7 @@ class MTCNN(nn.Module):
             sel = (img_idx == i).nonzero().flatten()
             sel = sel[torch.argsort(scores[sel], descending=True)]
             out.append(Detections(boxes[sel].numpy().astype(np.float32), scores[sel].numpy().astype(np.float32),
-                                  lms[sel].numpy().astype(np.float32)))
+                                  lms[sel].numpy().astype(np.float32), image_size=tuple(imgs[i].shape[1:])))
         return out
 
     @torch.no_grad()
@@ -351,7 +399,7 @@ class MTCNN(nn.Module):
         score, regress the box, repeat ``steps`` times; the last pass gives score and 5 landmarks. About ten
         times cheaper than :meth:`detect`; a face is "found" when the final score passes ``thresholds[2]``
         (otherwise the image's Detections is empty and the caller can fall back to :meth:`detect`)."""
-        imgs = [torch.as_tensor(np.array(im, copy=True)).permute(2, 0, 1).float() for im in images]
+        imgs = [torch.from_numpy(im).permute(2, 0, 1).float() for im in as_image_list(images, "MTCNN.refine")]
         n = len(imgs)
         if n == 0:
             return []
@@ -374,10 +422,10 @@ class MTCNN(nn.Module):
             if prob[i] > self.thresholds[2]:
                 out.append(Detections(final[i:i + 1].numpy().astype(np.float32),
                                       prob[i:i + 1].numpy().astype(np.float32),
-                                      lms[i:i + 1].numpy().astype(np.float32)))
+                                      lms[i:i + 1].numpy().astype(np.float32), image_size=tuple(imgs[i].shape[1:])))
             else:
                 out.append(Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                                      np.zeros((0, 5, 2), np.float32)))
+                                      np.zeros((0, 5, 2), np.float32), image_size=tuple(imgs[i].shape[1:])))
         return out
 
     def _run(self, net: nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
