@@ -1,4 +1,4 @@
-"""The ``facestudy`` command: ``list``, ``run``, ``data status|prepare``, ``scorecard``.
+"""The ``facestudy`` command: ``list``, ``run``, ``data status|prepare``, ``scorecard``, ``workshop``.
 
 Bad requests (unknown chapter, profile, parameter, setting, or a value of the wrong type) exit with code 2
 and a message listing the valid choices, before any kernel starts.
@@ -64,6 +64,24 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_workshop(args) -> int:
+    from . import chapters, workshop
+
+    root = chapters.root()
+    if args.sync_bootstrap:
+        changed = workshop.sync_bootstrap(root)
+        print(f"bootstrap cells from {workshop.repository_url(root)}: {len(changed)} notebook(s) updated")
+        if not args.dir:
+            return 0
+    if not args.dir:
+        raise ParameterError("facestudy workshop needs an output folder DIR (or --sync-bootstrap)")
+    written = workshop.write_workshop(Path(args.dir), args.chapters, profile=args.profile, device=args.device,
+                                      root=root)
+    print(f"wrote {len(written['student'])} student and {len(written['teacher'])} teacher notebooks, "
+          f"and {Path(args.dir) / 'README.md'}")
+    return 0
+
+
 def cmd_scorecard(args) -> int:
     from .scorecard import write_scorecard
 
@@ -96,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--records", default="book/executed")
     s.add_argument("--out", default="book/executed/scorecard.md")
     s.set_defaults(fn=cmd_scorecard)
+    w = sub.add_parser("workshop", help="student notebooks (solutions stubbed) and teacher copies for a workshop")
+    w.add_argument("dir", nargs="?", help="output folder: DIR/student, DIR/teacher, DIR/README.md")
+    w.add_argument("--chapters", nargs="+", metavar="ID", help="chapter ids or unique prefixes (default: all)")
+    w.add_argument("--profile", default="default", help=f"preset profile, one of {', '.join(profiles.PROFILES)}")
+    w.add_argument("--device", default="auto", help="preset device: auto | cpu | cuda | mps")
+    w.add_argument("--sync-bootstrap", action="store_true",
+                   help="rewrite every chapter's first (bootstrap) cell from repository.url in _config.yml")
+    w.set_defaults(fn=cmd_workshop)
     return p
 
 
