@@ -154,7 +154,9 @@ def test_claim_records_and_refuses_typed_verdicts(tmp_path, monkeypatch):
     from facestudy.scorecard import write_scorecard
 
     page = write_scorecard(tmp_path, tmp_path / "scorecard.md").read_text()
-    assert "X1" in page and "a beats b" in page and "1 reproduced" in page and "1 untestable here" in page
+    assert "X1" in page and "a beats b" in page and "1 ✅ reproduced" in page and "1 ⊘ untestable here" in page
+    assert "{dropdown}" in page and (tmp_path / "scorecard.csv").exists()
+    assert (tmp_path / "scorecard_forest.png").exists() and (tmp_path / "scorecard_verdicts.png").exists()
 
 
 def _mini_book(tmp_path: Path, cell_source: str) -> Path:

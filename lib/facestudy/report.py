@@ -332,7 +332,7 @@ def claim(id: str, statement: str, *, paper: str, ours: Any = None, verdict: Ver
                         "never a typed string")
     est = verdict.estimate
     if ours is None:
-        ours = est.text() if est is not None else ""
+        ours = est.text(with_n=False) if est is not None else ""
     ours_text = ours if isinstance(ours, str) else fmt(ours)
     c = Claim(id=id, statement=statement, paper=paper, ours=ours_text, verdict=verdict.verdict,
               rule=verdict.rule, evidence=evidence, chapter=_state["chapter"], profile=_state["profile"],
