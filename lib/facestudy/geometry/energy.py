@@ -148,3 +148,16 @@ def mannwhitney_table(table: pd.DataFrame, order: Sequence[str] | None = None, *
         rows.append({"a": a, "b": b, "median_a": float(np.median(xa)) if len(xa) else np.nan,
                      "median_b": float(np.median(xb)) if len(xb) else np.nan, "U": u, "p": p})
     return pd.DataFrame(rows)
+
+
+def toy_field(noise: float, n_side: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D toy field for chapter 1's first energy figure: points on a jittered ``n_side`` x ``n_side`` grid
+    and unit arrows that all point right when ``noise = 0`` and whose angles spread uniformly over
+    ``noise * [-pi, pi]`` otherwise (``noise = 1``: random directions, energy near 1). Returns (points, vectors)."""
+    if not 0.0 <= noise <= 1.0:
+        raise ParameterError(f"noise must be in [0, 1], got {noise}")
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(np.arange(n_side), np.arange(n_side)), -1).reshape(-1, 2).astype(float)
+    points = g + rng.uniform(-0.2, 0.2, g.shape)
+    ang = noise * rng.uniform(-np.pi, np.pi, len(points))
+    return points, np.stack([np.cos(ang), np.sin(ang)], 1)

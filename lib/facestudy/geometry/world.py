@@ -26,9 +26,12 @@ WORLD_ATTRIBUTES: dict[str, tuple[str, float, float, float]] = {
     "contrast": ("contrast", 0.6, 1.4, 0.12),
     "hue": ("hue", -30.0, 30.0, 8.0),
 }
-#: the paper's two groups: high-level (semantic) and low-level (image) attributes
-HIGH_LEVEL: tuple[str, ...] = ("yaw", "pitch", "age", "hair_colour", "illumination", "expression", "eyeglasses")
+#: the paper's two groups (METHODS.md 4.3, the official code's lists): five high-level attributes (head
+#: angle = yaw here, age, hair colour, illumination, expression) and three low-level image attributes
+HIGH_LEVEL: tuple[str, ...] = ("yaw", "age", "hair_colour", "illumination", "expression")
 LOW_LEVEL: tuple[str, ...] = ("brightness", "contrast", "hue")
+#: attributes our renderer adds beyond the paper's eight (in neither group)
+EXTRA: tuple[str, ...] = ("pitch", "eyeglasses")
 DISCRETE: tuple[str, ...] = ("eyeglasses",)
 
 
