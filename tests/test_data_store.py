@@ -40,6 +40,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setenv("FACESTUDY_MANIFESTS", str(mdir))
     monkeypatch.setenv("FACESTUDY_CACHE", str(cache))
     store._MANIFEST_CACHE.clear()
+    store._MEMO.clear()
     yield {"root": root, "mdir": mdir, "cache": cache, "sha": sha, "payload": payload}
     store._MANIFEST_CACHE.clear()
 
@@ -86,6 +87,7 @@ def test_locate_verifies_once_and_remembers(world):
     # a recorded hash is reused: poison the record and locate must trust it (no re-hash of unchanged files)
     key = next(iter(db))
     (world["cache"] / "verified.json").write_text(json.dumps({key: "0" * 64}))
+    store._MEMO.clear()  # a new process: only the record on disk
     with pytest.raises(DataError, match="0{64}"):
         store.locate("toy")
 
@@ -96,7 +98,8 @@ def test_hash_mismatch_is_refused_with_both_hashes(world):
         store.locate("toy")
     msg = str(e.value)
     assert world["sha"] in msg and hashlib.sha256(b"tampered" * 10).hexdigest() in msg
-    assert not store.available("toy")  # size differs from the manifest
+    with pytest.raises(DataError, match=r"damaged: it has 80 bytes but the manifest says 1,100"):
+        store.available("toy")  # size differs from the manifest: damaged, never "absent"
 
 
 def test_missing_file_message_is_actionable(world, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ and a message listing the valid choices, before any kernel starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,13 +55,36 @@ def cmd_run(args) -> int:
 
 def cmd_data(args) -> int:
     from . import data
+    from .data import store
 
     if args.action == "status":
+        if args.names:
+            raise ParameterError(f"data status takes no dataset names (got {' '.join(args.names)}); it lists all")
         df = data.status_table()
         with __import__("pandas").option_context("display.width", 200, "display.max_colwidth", 60):
-            print(df.to_string(index=False))
+            print(df.drop(columns=["title"]).to_string(index=False))
+        print(f"data roots: {', '.join(str(r) for r in store.roots()) or '(none: FACESTUDY_DATA is unset)'}; "
+              f"cache: {store.cache_path()}")
+        for root in df.attrs["missing_roots"]:
+            print(f"facestudy: data root {root} does not exist; fix FACESTUDY_DATA (a '{os.pathsep}'-separated "
+                  f"list of folders)", file=sys.stderr)
+        for line in df.attrs["problems"]:
+            print(f"facestudy: data error: {line}", file=sys.stderr)
+        return 3 if df.attrs["problems"] else 0
+    unknown = [n for n in args.names if n not in data.DATASETS]
+    if unknown:
+        raise ParameterError(f"unknown dataset {unknown[0]!r} for data prepare; valid: {', '.join(data.DATASETS)}")
+    if args.limit is not None and args.limit < 1:
+        raise ParameterError(f"--limit must be a positive number of images, got {args.limit}")
+    done = data.prepare(names=args.names or None, limit=args.limit, progress=not args.quiet)
+    if done.empty:
+        roots = ", ".join(str(r) for r in store.roots()) or "(none: FACESTUDY_DATA is unset)"
+        print(f"no dataset files found under the data roots [{roots}]: nothing to prepare (chapters use the "
+              f"synthetic world); set FACESTUDY_DATA to the folder holding them (see book/data.md)")
+        for root in store.missing_roots():
+            print(f"facestudy: data root {root} does not exist; fix FACESTUDY_DATA", file=sys.stderr)
         return 0
-    data.prepare(names=args.names or None, limit=args.limit, progress=not args.quiet)
+    print(done.to_string(index=False))
     return 0
 
 
@@ -85,6 +109,9 @@ def cmd_workshop(args) -> int:
 def cmd_scorecard(args) -> int:
     from .scorecard import write_scorecard
 
+    if not Path(args.records).is_dir():
+        raise ParameterError(f"--records {args.records}: no such folder; give the folder holding the executed "
+                             f"chapters' claim records (default book/executed, written by facestudy run)")
     path = write_scorecard(Path(args.records), Path(args.out))
     print(f"wrote {path}")
     return 0
@@ -125,9 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"facestudy: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 ok, 1 a chapter failed (or an unexpected error), 2 bad usage, 3 data / cache problem,
+    130 interrupted. Every error is one line on stderr (``FACESTUDY_DEBUG=1`` adds the traceback)."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _warning_line
+    debug = os.environ.get("FACESTUDY_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
     except ParameterError as exc:
@@ -136,6 +173,24 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"facestudy: data error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("facestudy: interrupted; run the same command again to resume (finished shards, epochs and "
+              "chapters are kept)", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if debug:
+            raise
+        from .data.store import os_error_message
+
+        where = exc.filename or "a file"
+        print(f"facestudy: data error: {os_error_message(exc, where, 'use')}", file=sys.stderr)
+        return 3
+    except Exception as exc:  # noqa: BLE001 - no raw traceback for a CLI user
+        if debug:
+            raise
+        print(f"facestudy: internal error: {type(exc).__name__}: {exc}; rerun with FACESTUDY_DEBUG=1 for the "
+              f"traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

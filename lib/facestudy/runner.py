@@ -8,7 +8,9 @@ and returns one row per chapter. A failing chapter is named with the cell that f
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from . import chapters as chapters_mod
 from . import profiles
-from .errors import ParameterError
+from .errors import DataError, ParameterError
 from .report import atomic_write_text
 
 
@@ -46,6 +48,7 @@ def plan(selection: str, profile: str, params: dict[str, str], overrides: dict[s
                 raise ParameterError(f"unknown parameter {key!r} for chapter {ch.id}; valid parameters: "
                                      f"{', '.join(k for k in decl if k != 'profile')}")
             typed[key] = chapters_mod.coerce(decl[key], value)
+            _check_range(f"parameter {key!r} of chapter {ch.id}", key, typed[key], None)
         if "device" in typed:
             from .runtime import DEVICES
             if typed["device"] not in DEVICES:
@@ -58,11 +61,88 @@ def plan(selection: str, profile: str, params: dict[str, str], overrides: dict[s
                 if key not in base_cfg or key in ("profile", "chapter"):
                     raise ParameterError(f"unknown setting {key!r} for chapter {ch.id}; valid settings: "
                                          f"{', '.join(sorted(k for k in base_cfg if k not in ('profile', 'chapter')))}")
-                import yaml
-
-                table_over[key] = yaml.safe_load(value)
-            profiles.resolve(ch.id, profile, **table_over)  # type check
+                table_over[key] = _yaml_value(key, value)
+            resolved = profiles.resolve(ch.id, profile, **table_over)  # type check
+            for key in table_over:
+                _check_range(f"setting {key!r} of chapter {ch.id}", key, resolved[key], _table_values(ch.id, key))
         out.append((ch, typed, table_over))
+    return out
+
+
+SEED_LIMIT = 2**32  # numpy's legacy seeding takes 0 <= seed < 2**32; torch and numpy Generators accept it too
+_COUNT_RE = re.compile(r"(^n_|_n$|size$|batch|epochs$|_ids$|per_id|identities$|^dim$|_dim$|heads$|depth$|"
+                       r"patch$|width$|repeats$|limit$)")
+
+
+def _yaml_value(key: str, value: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())[:120]
+        raise ParameterError(f"--set {key}={value!r} is not valid YAML ({first}); write numbers as 3 or 0.1, "
+                             f"lists as [a, b], and quote text with a colon or brackets: {key}='\"...\"'") from None
+
+
+def _table_values(chapter: str, key: str) -> list[Any]:
+    """Every value ``key`` takes in the profile table of ``chapter`` (base and each profile)."""
+    entry = profiles.TABLE.get(chapter, {})
+    return [d[key] for d in entry.values() if isinstance(d, dict) and key in d]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_range(what: str, key: str, value: Any, table: list[Any] | None) -> None:
+    """Out-of-range values stop before any kernel starts: a seed outside [0, 2**32), a non-finite number, a
+    negative value where every profile uses >= 0, zero for a count/size where every profile uses >= 1."""
+    if not _number(value):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f"{what} must be a finite number, got {value!r}")
+    if key == "seed" or key.endswith("_seed"):
+        if not (isinstance(value, int) and 0 <= value < SEED_LIMIT):
+            raise ParameterError(f"{what} must be an integer in [0, {SEED_LIMIT}) (numpy and torch seed range), "
+                                 f"got {value!r}")
+        return
+    nums = [v for v in (table or []) if _number(v)]
+    if not nums:
+        return
+    if value < 0 and all(v >= 0 for v in nums):
+        raise ParameterError(f"{what} must be >= 0 (the profiles use {sorted(set(nums))}), got {value!r}")
+    if value == 0 and all(v >= 1 for v in nums) and _COUNT_RE.search(key):
+        raise ParameterError(f"{what} is a count or size and must be >= 1 (the profiles use "
+                             f"{sorted(set(nums))}), got {value!r}")
+
+
+def preflight(jobs, out: Path) -> Path:
+    """Checks that need no kernel, run before the first one starts: ``out`` writable (ParameterError),
+    the cache writable (DataError), each chapter's real data not damaged (DataError naming the file; absent
+    data is fine: the chapter then uses the synthetic world). Leftover temp files in the cache are removed."""
+    import sys
+
+    from .data import store
+
+    out = Path(out)
+    try:
+        store.check_writable(out, "the output folder")
+    except DataError as exc:
+        raise ParameterError(f"--out: {exc}") from None
+    store.check_writable(store.cache_path(), "the cache")
+    store.clean_temps(store.cache_path(), recursive=True)
+    for root in store.missing_roots():
+        print(f"facestudy: note: data root {root} (FACESTUDY_DATA) does not exist; chapters use the data they "
+              f"find under the other roots, or the synthetic world", file=sys.stderr)
+    needs = sorted({n for ch, _, _ in jobs for n in chapters_mod.DATA_NEEDS.get(ch.id, [])})
+    for name in needs:
+        if not store.available(name):  # absent: fine; damaged (size) or incomplete: DataError
+            continue
+        for entry in store.manifest(name)["files"]:
+            state, path, why = store.check_file(name, entry, verify=True)
+            if state == "damaged":
+                raise DataError(store.damaged_message(name, path, why))
     return out
 
 
@@ -94,12 +174,12 @@ def run_chapters(selection: str, profile: str, params: dict[str, str] | None = N
 
     base = base or chapters_mod.root()
     jobs = plan(selection, profile, params or {}, overrides or {}, base)
-    out = Path(out or base / chapters_mod.EXECUTED_DIR).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = preflight(jobs, Path(out or base / chapters_mod.EXECUTED_DIR).resolve())
     results = []
     for ch, typed, table_over in jobs:
         target = out / f"{ch.id}.ipynb"
         tmp = out / f".{ch.id}.running.ipynb"
+        tmp.unlink(missing_ok=True)  # a killed earlier run's partial copy
         from .runtime import MALLOC_ENV
 
         env_backup = {k: os.environ.get(k) for k in ("FACESTUDY_RECORDS", "FACESTUDY_OVERRIDES", *MALLOC_ENV)}

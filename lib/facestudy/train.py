@@ -24,10 +24,10 @@ pure distillation). Features:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,11 +149,45 @@ def random_hflip(images: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _plain(obj: Any) -> Any:
+    """Checkpoint content as tensors and plain python types only (so ``torch.load(weights_only=True)``
+    reads it back): numpy scalars/arrays become python numbers/tensors, tuples stay, mappings become dicts."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    return obj
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .data.store import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(_plain(obj), tmp)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu", what: str = "training checkpoint") -> dict | None:
+    """A cached checkpoint read with ``torch.load(weights_only=True)`` (tensors and plain types only: a file
+    in the cache cannot run code), or None after reporting a corrupt/foreign one by path and deleting it
+    (the caller then trains afresh). Leftover temp files of killed writers beside it are removed."""
+    from .data.store import _warn_rebuild, clean_temps
+
+    path = Path(path)
+    clean_temps(path.parent)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a checkpoint dict")
+    except Exception as exc:  # noqa: BLE001 - unreadable, truncated, or refused by the weights-only loader
+        _warn_rebuild(path, exc, what)
+        return None
+    return state
 
 
 def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, epochs: int, batch_size: int,
@@ -213,15 +247,27 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     history = History()
     start_epoch, step = 0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        if head is not None and state.get("head") is not None:
-            head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        history = History(**state["history"])
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+    state = load_checkpoint(ckpt, map_location=dev) if ckpt is not None else None
+    if state is not None:
+        fresh = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, head) if m is not None]
+        fresh_opt, fresh_scaler = copy.deepcopy(opt.state_dict()), copy.deepcopy(scaler.state_dict())
+        try:
+            model.load_state_dict(state["model"])
+            if head is not None and state.get("head") is not None:
+                head.load_state_dict(state["head"])
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            history = History(**state["history"])
+            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:  # foreign/damaged
+            from .data.store import _warn_rebuild
+
+            _warn_rebuild(ckpt, exc, "training checkpoint (does not fit this model)")
+            for m, sd in zip([m for m in (model, head) if m is not None], fresh, strict=True):
+                m.load_state_dict(sd)
+            opt.load_state_dict(fresh_opt)
+            scaler.load_state_dict(fresh_scaler)
+            history, start_epoch, step = History(), 0, 0
     landmarks = None
     if getattr(model, "uses_keypoints", False):
         landmarks = faceset.landmarks

@@ -35,7 +35,19 @@ from .formats import (
     read_celeba_identities,
     read_lfw_pairs,
 )
-from .store import TarReader, atomic_path, cache_dir, file_sha256, locate, manifest, manifests
+from .store import (
+    TarReader,
+    _warn_rebuild,
+    atomic_path,
+    cache_path,
+    check_file,
+    clean_temps,
+    file_lock,
+    file_sha256,
+    locate,
+    manifest,
+    manifests,
+)
 
 DATASETS = ("lfw", "celeba10k", "celeba_id299", "utkface")
 SHARD = 1000  # images per prepared cache shard
@@ -145,7 +157,7 @@ def _source_key(name: str) -> str:
 
 
 def _prep_dir(name: str) -> Path:
-    return cache_dir() / "prepared" / name / f"{VERSION}-{_source_key(name)}"
+    return cache_path() / "prepared" / name / f"{VERSION}-{_source_key(name)}"
 
 
 # ------------------------------------------------------------------------------------------- processing
@@ -242,9 +254,27 @@ def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
+_SHARD_KEYS = ("rows", "images", "landmarks", "score", "status", "src_landmarks", "method")
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def _load_entry(path: Path) -> dict[str, np.ndarray] | None:
+    """A prepared cache entry, or None after reporting (by path) and deleting a corrupt one (the zip's
+    CRC-32 catches flipped bytes, a cut file fails to open, a lost array fails the key/length check)."""
+    try:
+        arr = _load_npz(path)
+        n = len(arr["rows"])
+        for key in _SHARD_KEYS:
+            if len(arr[key]) != n:
+                raise ValueError(f"array {key!r} has {len(arr[key])} rows, expected {n}")
+    except Exception as exc:  # noqa: BLE001 - any failure to read the entry means: rebuild it
+        _warn_rebuild(path, exc, "prepared cache entry")
+        return None
+    return arr
 
 
 def _shard_path(name: str, k: int) -> Path:
@@ -254,7 +284,9 @@ def _shard_path(name: str, k: int) -> Path:
 def _prepare_shard(name: str, k: int, idx: pd.DataFrame, reader: TarReader) -> dict[str, np.ndarray]:
     path = _shard_path(name, k)
     if path.exists():
-        return _load_npz(path)
+        arr = _load_entry(path)
+        if arr is not None:
+            return arr
     rows = np.arange(k * SHARD, min((k + 1) * SHARD, len(idx)))
     t0 = time.perf_counter()
     out = _process(name, idx["path"].iloc[rows].tolist(), reader)
@@ -274,8 +306,7 @@ def _materialise(name: str, rows: np.ndarray, progress: bool = False) -> dict[st
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     spec = _spec(name)
     reader = TarReader(locate(name, spec.tar))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rows", "images", "landmarks", "score", "status",
-                                                          "src_landmarks", "method")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in _SHARD_KEYS}
     leftover = []
     shards = rows // SHARD
     uniq = np.unique(shards)
@@ -298,9 +329,8 @@ def _materialise(name: str, rows: np.ndarray, progress: bool = False) -> dict[st
         left = np.concatenate(leftover)
         h = hashlib.sha256(left.tobytes()).hexdigest()[:20]
         path = _prep_dir(name) / "subsets" / f"{h}.npz"
-        if path.exists():
-            sub = _load_npz(path)
-        else:
+        sub = _load_entry(path) if path.exists() else None
+        if sub is None:
             sub = _process(name, idx["path"].iloc[left].tolist(), reader)
             sub["rows"] = left
             _save(path, sub)
@@ -443,19 +473,108 @@ def _complete_marker(name: str) -> Path:
     return _prep_dir(name) / "complete.json"
 
 
+def _read_marker(name: str) -> dict | None:
+    """The completion record of a fully prepared dataset; None when absent; {"_damaged": why} if unreadable."""
+    path = _complete_marker(name)
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return {"_damaged": f"{path} cannot be read ({exc})"}
+    return doc
+
+
+def prepared_state(name: str) -> tuple[str, list[tuple[Path, str]]]:
+    """``("yes" | "no" | "damaged", [(path, what is wrong)])`` of a dataset's prepared cache. Each prepared
+    file is checked against the sha256 recorded when it was written (hashes are remembered: quick)."""
+    marker = _read_marker(name)
+    if marker is None:
+        return "no", []
+    if "_damaged" in marker:
+        return "damaged", [(_complete_marker(name), marker["_damaged"])]
+    folder = _prep_dir(name)
+    files = marker.get("files")
+    if files is None:  # prepared by an older version: only the shard files' presence is known
+        files = {f"shard_{k:04d}.npz": None for k in range(int(marker.get("shards", 0)))}
+    problems = []
+    for rel, sha in files.items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append((path, f"{path} is missing"))
+        elif sha is not None and file_sha256(path) != sha:
+            problems.append((path, f"{path} is damaged (its sha256 differs from the one recorded when it was "
+                                   f"prepared)"))
+    return ("damaged", problems) if problems else ("yes", [])
+
+
 def is_prepared(name: str) -> bool:
     try:
-        return _complete_marker(name).exists()
+        return prepared_state(name)[0] == "yes"
     except DataError:
         return False
+
+
+def _prepare_full(name: str, progress: bool) -> str:
+    """Prepare every shard of ``name`` under the dataset's lock; returns a note ("already prepared",
+    "full", or "rebuilt: <what>"). Corrupt or missing prepared files are reported by path and rebuilt;
+    leftover temp files of killed runs are removed."""
+    folder = _prep_dir(name)
+    with file_lock(folder / ".lock", f"preparing {name}"):
+        clean_temps(folder, recursive=True)
+        state, problems = prepared_state(name)
+        marker = _read_marker(name) or {}
+        if state == "yes" and "files" in marker:
+            return "already prepared"
+        note = "full"
+        if state == "damaged":
+            import warnings
+
+            from .store import CacheRebuilt
+
+            for bad, why in problems:
+                warnings.warn(f"prepared {name}: {why}; rebuilding it", CacheRebuilt, stacklevel=2)
+                if bad.is_file():
+                    bad.unlink()
+            note = f"rebuilt {len(problems)} damaged file(s)"
+        _complete_marker(name).unlink(missing_ok=True)
+        idx = index(name)
+        n_shards = math.ceil(len(idx) / SHARD)
+        with TarReader(locate(name, _spec(name).tar)) as reader:
+            ks = range(n_shards)
+            if progress:
+                from tqdm.auto import tqdm
+
+                ks = tqdm(ks, desc=f"prepare {name}", unit="shard")
+            shards = [_prepare_shard(name, k, idx, reader) for k in ks]
+        faces = _faceset(name, np.arange(len(idx)), "prepare")
+        cols = ["path", "identity", *LANDMARK_COLUMNS, "face_score", "detected"]
+        with atomic_path(folder / "landmarks.csv") as tmp:
+            faces.meta[cols].to_csv(tmp, index=False)
+        shard_secs = [float(sh["seconds"]) if "seconds" in sh else float("nan") for sh in shards]
+        files = {f"shard_{k:04d}.npz": file_sha256(_shard_path(name, k)) for k in range(n_shards)}
+        files["landmarks.csv"] = file_sha256(folder / "landmarks.csv")
+        summary = {"images": len(idx), "kept": len(faces), "dropped": faces.info["n_dropped"],
+                   "no_face": faces.info["n_no_face"], "corrupt": faces.info["n_corrupt"],
+                   "aligned_rate": len(faces) / len(idx),
+                   "detected_rate": float(faces.meta["detected"].mean()),
+                   "shard_seconds_total": round(float(np.nansum(shard_secs)), 1),
+                   "shards_timed": int(np.isfinite(shard_secs).sum()), "shards": n_shards, "files": files}
+        with atomic_path(_complete_marker(name)) as tmp:
+            Path(tmp).write_text(json.dumps(summary))
+        return note
 
 
 def prepare(names: Sequence[str] | str | None = None, limit: int | None = None, progress: bool = True,
             seed: int = 0) -> pd.DataFrame:
     """Build the cached aligned datasets (chapter "Data"): idempotent, resumable (per shard), atomic.
 
-    ``names``: datasets (default: every one whose files are present); ``limit``: prepare only the subset
-    ``load(name, limit, seed)`` uses. Writes ``landmarks.csv`` beside a fully prepared dataset.
+    ``names``: datasets (default: every one whose files are present; a damaged one stops with DataError);
+    ``limit``: prepare only the subset ``load(name, limit, seed)`` uses. Writes ``landmarks.csv`` and the
+    sha256 of every prepared file beside a fully prepared dataset (``data status`` checks them). Two
+    processes preparing the same dataset take turns (a lock); a killed run resumes at its last shard.
     Returns a table of what was done (images, kept, dropped, seconds).
     """
     from .store import available
@@ -464,77 +583,68 @@ def prepare(names: Sequence[str] | str | None = None, limit: int | None = None, 
         names = [n for n in DATASETS if available(n)]
     elif isinstance(names, str):
         names = [names]
+    for name in names:
+        _spec(name)
+    if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
+        raise DataError(f"prepare: limit must be a positive number of images, got {limit}")
     rows_out = []
     for name in names:
         t0 = time.perf_counter()
-        rows = _subset_rows(name, limit, seed)
-        if limit is None and is_prepared(name):
-            rows_out.append({"dataset": name, "images": len(rows), "kept": None, "dropped": None,
-                             "seconds": round(time.perf_counter() - t0, 2), "note": "already prepared"})
+        if limit is None:
+            note = _prepare_full(name, progress)
+            marker = _read_marker(name) or {}
+            rows_out.append({"dataset": name, "images": marker.get("images"), "kept": marker.get("kept"),
+                             "dropped": marker.get("dropped"), "seconds": round(time.perf_counter() - t0, 2),
+                             "note": note})
             continue
-        if limit is None:
-            idx = index(name)
-            reader = TarReader(locate(name, _spec(name).tar))
-            ks = range(math.ceil(len(idx) / SHARD))
-            if progress:
-                from tqdm.auto import tqdm
-
-                ks = tqdm(ks, desc=f"prepare {name}", unit="shard")
-            for k in ks:
-                _prepare_shard(name, k, idx, reader)
-            reader.close()
+        rows = _subset_rows(name, limit, seed)
         faces = _faceset(name, rows, "prepare")
-        if limit is None:
-            cols = ["path", "identity", *LANDMARK_COLUMNS, "face_score", "detected"]
-            with atomic_path(_prep_dir(name) / "landmarks.csv") as tmp:
-                faces.meta[cols].to_csv(tmp, index=False)
-            shard_secs = []
-            for k in range(math.ceil(len(rows) / SHARD)):
-                with np.load(_shard_path(name, k)) as z:
-                    shard_secs.append(float(z["seconds"]) if "seconds" in z.files else float("nan"))
-            summary = {"images": len(rows), "kept": len(faces), "dropped": faces.info["n_dropped"],
-                       "no_face": faces.info["n_no_face"], "corrupt": faces.info["n_corrupt"],
-                       "aligned_rate": len(faces) / len(rows),
-                       "detected_rate": float(faces.meta["detected"].mean()),
-                       "shard_seconds_total": round(float(np.nansum(shard_secs)), 1),
-                       "shards_timed": int(np.isfinite(shard_secs).sum()), "shards": len(shard_secs)}
-            with atomic_path(_complete_marker(name)) as tmp:
-                Path(tmp).write_text(json.dumps(summary))
         rows_out.append({"dataset": name, "images": len(rows), "kept": len(faces),
                          "dropped": faces.info["n_dropped"], "seconds": round(time.perf_counter() - t0, 2),
-                         "note": f"limit={limit}" if limit else "full"})
-    return pd.DataFrame(rows_out)
+                         "note": f"limit={limit}"})
+    return pd.DataFrame(rows_out, columns=["dataset", "images", "kept", "dropped", "seconds", "note"])
 
 
 def status_table(check_hashes: bool = True) -> pd.DataFrame:
-    """One row per manifest: files present / missing, sha256 ok, prepared (``facestudy data status``).
+    """One row per manifest: files present / missing / damaged, sha256 ok, prepared (``facestudy data
+    status``). ``.attrs["problems"]`` holds one sentence per damaged file or prepared entry, and
+    ``.attrs["missing_roots"]`` the data roots that do not exist. Reads only: works on a read-only cache.
 
     Hashes are computed once per file and remembered in the cache, so a second call is instant.
     """
-    out = []
-    for name, m in manifests().items():
-        present, missing, bad = [], [], []
-        for f in m["files"]:
-            from .store import find
+    from .store import damaged_message, missing_roots
 
-            p = find(name, f["path"])
-            if p is None:
+    out, problems = [], []
+    for name, m in manifests().items():
+        present, missing, damaged = [], [], []
+        for f in m["files"]:
+            state, p, why = check_file(name, f, verify=check_hashes)
+            if state == "missing":
                 if not f.get("optional"):
                     missing.append(f["path"])
                 continue
             present.append(f["path"])
-            if check_hashes and f.get("sha256") and file_sha256(p) != f["sha256"]:
-                bad.append(f["path"])
+            if state == "damaged":
+                damaged.append(f["path"])
+                problems.append(damaged_message(name, p, why))
+        prepared = "-"
         if name in SPECS:
-            prepared = "yes" if not missing and not bad and is_prepared(name) else "no"
-        else:
-            prepared = "-"
+            prepared = "no"
+            if present and not missing and not damaged:
+                state, why = prepared_state(name)
+                prepared = state
+                problems += [f"prepared {name}: {w}; run `facestudy data prepare {name}` to rebuild it"
+                             for _, w in why]
         out.append({
             "name": name, "kind": m["kind"], "user_supplied": bool(m.get("user_supplied")),
             "present": f"{len(present)}/{len(m['files'])}",
             "missing": ", ".join(missing) if missing else "",
-            "hash_ok": (not bad) if present and check_hashes else None,
+            "damaged": ", ".join(damaged) if damaged else "",
+            "hash_ok": (not damaged) if present and check_hashes else None,
             "prepared": prepared,
             "title": m["title"],
         })
-    return pd.DataFrame(out)
+    df = pd.DataFrame(out)
+    df.attrs["problems"] = problems
+    df.attrs["missing_roots"] = [str(r) for r in missing_roots()]
+    return df

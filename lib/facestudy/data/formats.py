@@ -296,27 +296,57 @@ def scan_image_folder(root: str | os.PathLike) -> pd.DataFrame:
     return identity_folder_index(str(p) for p in root.glob("*/*") if p.is_file())
 
 
-def read_lfw_pairs(path: str | os.PathLike) -> pd.DataFrame:
-    """LFW View-2 ``pairs.txt`` -> DataFrame(name_a, num_a, name_b, num_b, same, fold), 10 folds."""
+def read_lfw_pairs(path: str | os.PathLike, cv_folds: int = 10) -> pd.DataFrame:
+    """LFW ``pairs.txt`` -> DataFrame(name_a, num_a, name_b, num_b, same, fold).
+
+    View 2 (header ``10 300``) keeps its 10 folds. A one-fold file (View 1 ``pairsDevTest.txt``, header
+    ``1 500`` or a single number) gets ``cv_folds`` contiguous cross-validation folds, each half (same,
+    different) split in order, so every fold holds both kinds and a threshold is never chosen on the pairs
+    it is tested on; a one-fold file too small for that is refused (DataError)."""
     path = Path(path)
-    lines = path.read_text().split("\n")
     try:
-        n_folds, n_per = (int(x) for x in lines[0].split())
+        lines = path.read_text().split("\n")
+    except OSError as e:
+        raise DataError(f"pairs file {path} cannot be read ({e.strerror or e}); see data_manifests/lfw.yaml") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text pairs file (not UTF-8); see data_manifests/lfw.yaml") from None
+    head = lines[0].split()
+    try:
+        if len(head) == 1:
+            n_folds, n_per = 1, int(head[0])  # View 1 files: one number, the pairs per half
+        else:
+            n_folds, n_per = (int(x) for x in head)
+        if n_folds < 1 or n_per < 1:
+            raise ValueError
     except ValueError:
-        raise DataError(f"{path}: first line must be '<folds> <pairs per half-fold>', e.g. '10 300'") from None
+        raise DataError(f"{path}: first line must be '<folds> <pairs per half-fold>', e.g. '10 300', "
+                        f"got {lines[0][:40]!r}") from None
     rows = []
     body = [ln.split() for ln in lines[1:] if ln.strip()]
     if len(body) != 2 * n_folds * n_per:
-        raise DataError(f"{path}: {len(body)} pair lines, expected {2 * n_folds * n_per}; the file is truncated")
+        raise DataError(f"{path}: {len(body)} pair lines, expected {2 * n_folds * n_per} (header "
+                        f"{lines[0].strip()!r}); the file is truncated or the header is wrong")
     for i, parts in enumerate(body):
         fold = i // (2 * n_per)
-        if len(parts) == 3:
-            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True, fold))
-        elif len(parts) == 4:
-            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False, fold))
-        else:
-            raise DataError(f"{path}: line {i + 2} has {len(parts)} fields, expected 3 or 4")
-    return pd.DataFrame(rows, columns=["name_a", "num_a", "name_b", "num_b", "same", "fold"])
+        try:
+            if len(parts) == 3:
+                rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True, fold))
+            elif len(parts) == 4:
+                rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False, fold))
+            else:
+                raise DataError(f"{path}: line {i + 2} has {len(parts)} fields, expected 3 or 4")
+        except ValueError:
+            raise DataError(f"{path}: line {i + 2} {' '.join(parts)!r}: image numbers must be integers") from None
+    df = pd.DataFrame(rows, columns=["name_a", "num_a", "name_b", "num_b", "same", "fold"])
+    if n_folds == 1:
+        if n_per < cv_folds:
+            raise DataError(f"{path} holds one fold of {n_per} same + {n_per} different pairs: too few to split "
+                            f"into {cv_folds} cross-validation folds (a threshold must never be chosen on the "
+                            f"pairs it is tested on); use a file with >= {cv_folds} pairs per half, or View 2")
+        within = np.arange(len(df)) % n_per  # position inside its half (same block, then different block)
+        df["fold"] = (within * cv_folds) // n_per
+        df.attrs["folds"] = f"one-fold file split into {cv_folds} contiguous folds"
+    return df
 
 
 def read_celeba_identities(path: str | os.PathLike) -> pd.DataFrame:

@@ -11,12 +11,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,12 +42,70 @@ def roots() -> list[Path]:
     return [default] if default.is_dir() else []
 
 
-def cache_dir() -> Path:
-    """The writable cache (``FACESTUDY_CACHE`` or ``~/.cache/facestudy``); created on first use."""
+def cache_path() -> Path:
+    """Where the cache is (``FACESTUDY_CACHE`` or ``~/.cache/facestudy``), without creating it."""
     env = os.environ.get("FACESTUDY_CACHE", "").strip()
-    path = Path(env).expanduser() if env else Path.home() / ".cache" / "facestudy"
-    path.mkdir(parents=True, exist_ok=True)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "facestudy"
+
+
+def cache_dir() -> Path:
+    """The writable cache (``FACESTUDY_CACHE`` or ``~/.cache/facestudy``); created on first use.
+
+    A cache that is a file or cannot be created raises DataError naming it and the fix."""
+    path = cache_path()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"the cache FACESTUDY_CACHE={path} is a file, not a folder; set FACESTUDY_CACHE to a "
+                        f"folder you can write (default ~/.cache/facestudy)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, path, "create the cache folder")) from None
     return path
+
+
+def missing_roots() -> list[Path]:
+    """Data roots that are named (``FACESTUDY_DATA``) but are not existing folders."""
+    return [r for r in roots() if not r.is_dir()]
+
+
+# --------------------------------------------------------------------------------- file-system errors
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def os_error_message(exc: OSError, path: Path | str, action: str) -> str:
+    """One sentence for an OSError while doing ``action`` on ``path``: what happened and the fix."""
+    path = Path(path)
+    in_cache = False
+    with contextlib.suppress(OSError, ValueError):
+        in_cache = path.resolve().is_relative_to(cache_path().resolve())
+    where = "FACESTUDY_CACHE to a folder you can write" if in_cache else "a folder you can write"
+    if exc.errno in _FULL:
+        return (f"cannot {action} {path}: no space left on the device; free some space (or set "
+                f"{'FACESTUDY_CACHE to a folder on a disk with room' if in_cache else 'another folder'}) and "
+                f"run again - finished work is kept")
+    if exc.errno in _READ_ONLY:
+        return f"cannot {action} {path}: it is read-only ({exc.strerror}); set {where}"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot {action} {path}: a part of that path is a file, not a folder; set {where}"
+    return f"cannot {action} {path} ({exc.strerror or exc}); check the path, or set {where}"
+
+
+def check_writable(folder: Path, what: str = "the cache") -> Path:
+    """Create ``folder`` if needed and write + delete a probe file there; DataError (naming the folder, the
+    reason and the fix) when that fails. Used before any chapter kernel starts."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        fix = "set FACESTUDY_CACHE to a folder you can write" if what == "the cache" else "choose a folder"
+        raise DataError(f"{what} {folder} is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, folder, f"write {what}")) from None
+    return folder
 
 
 def manifest_dir() -> Path:
@@ -164,31 +225,71 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _hash_db_path() -> Path:
-    return cache_dir() / "verified.json"
+    return cache_path() / "verified.json"
+
+
+_MEMO: dict[str, str] = {}  # this process's hash records (used as is when the cache is read-only)
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, unreadable or damaged record: hashes are simply recomputed
         return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _stat_key(path: Path) -> str:
+    """(path, size, mtime, ctime, inode): any write to the file changes ctime, which no user tool can set
+    back, so a byte flipped after verification (with size and mtime restored) is hashed again."""
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, computed once and remembered in the cache keyed by (path, size, mtime)."""
+    """sha256 of ``path``, computed once and remembered in the cache keyed by (path, size, mtime, ctime,
+    inode). A read-only or full cache only loses the record (the hash is recomputed next process)."""
     path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    key = _stat_key(path)
+    if key in _MEMO:
+        return _MEMO[key]
     with _LOCK:
         db = _read_json(_hash_db_path())
     if key in db:
+        _MEMO[key] = db[key]
         return db[key]
     digest = sha256_file(path)
+    _MEMO[key] = digest
     with _LOCK:
         db = _read_json(_hash_db_path())
         db[key] = digest
-        atomic_write_bytes(_hash_db_path(), json.dumps(db, indent=0, sort_keys=True).encode())
+        with contextlib.suppress(OSError, DataError):
+            atomic_write_bytes(_hash_db_path(), json.dumps(db, indent=0, sort_keys=True).encode())
     return digest
+
+
+def check_file(name: str, entry: dict, verify: bool = True) -> tuple[str, Path | None, str]:
+    """State of one manifest file: ``("ok" | "missing" | "damaged", path, why)``. The size is a quick
+    pre-check (a truncated download is damaged at once); the verdict is the sha256 when ``verify``."""
+    p = find(name, entry["path"])
+    if p is None:
+        return "missing", None, ""
+    size = p.stat().st_size
+    why = []
+    if entry.get("size") is not None and size != entry["size"]:
+        why.append(f"it has {size:,} bytes but the manifest says {entry['size']:,} "
+                   f"({'an interrupted download?' if size < entry['size'] else 'a different file?'})")
+    if verify and entry.get("sha256"):
+        got = file_sha256(p)
+        if got != entry["sha256"]:
+            why.append(f"its sha256 is {got}, the manifest expects {entry['sha256']}")
+    return ("damaged", p, "; ".join(why)) if why else ("ok", p, "")
+
+
+def damaged_message(name: str, path: Path, why: str) -> str:
+    m = manifest(name)
+    return (f"dataset {name!r}: file {path} is damaged: {why}; the file is corrupt, truncated or a different "
+            f"version - replace it with the one from {m['obtain'].strip()} (data_manifests/{name}.yaml)")
 
 
 def locate(name: str, file: str | None = None, verify: bool = True) -> Path:
@@ -199,48 +300,122 @@ def locate(name: str, file: str | None = None, verify: bool = True) -> Path:
     """
     m = manifest(name)
     entry = _file_entry(name, file)
-    p = find(name, file)
-    if p is None:
+    state, p, why = check_file(name, entry, verify=verify)
+    if state == "missing":
         raise DataError(_missing_message(m, entry))
-    if verify and entry.get("sha256"):
-        got = file_sha256(p)
-        if got != entry["sha256"]:
-            raise DataError(f"dataset {name!r}: file {p} has sha256 {got} but the manifest {m['_path']} expects "
-                            f"{entry['sha256']}; the file is corrupt or a different version - replace it with "
-                            f"the one from {m['obtain'].strip()}")
+    if state == "damaged":
+        raise DataError(damaged_message(name, p, why))
     return p
 
 
 def available(name: str) -> bool:
-    """True when every non-optional file of the manifest exists with the expected size (no hashing)."""
+    """True when the dataset's files are there (chapters then use the real data; chapter "Data").
+
+    False only when its files are absent (an unknown manifest too): the chapter may then use the
+    synthetic world. A file that is there but damaged (wrong size: a truncated download), or a dataset
+    with some files present and others missing, raises DataError naming the files - a damaged dataset is
+    never mistaken for an absent one. The sha256 is checked when a file is used (:func:`locate`)."""
     try:
         m = manifest(name)
     except DataError:
         return False
     required = [e for e in m["files"] if not e.get("optional")]
+    states = {e["path"]: check_file(name, e, verify=False) for e in m["files"]}
+    damaged = [(p, why) for (s, p, why) in states.values() if s == "damaged"]
+    if damaged:
+        raise DataError(" ".join(damaged_message(name, p, why) for p, why in damaged))
     if not required:  # user-supplied manifests: available when any of their files is present
-        return any(find(name, e["path"]) is not None for e in m["files"])
-    for entry in required:
-        p = find(name, entry["path"])
-        if p is None:
-            return False
-        if entry.get("size") is not None and p.stat().st_size != entry["size"]:
-            return False
+        return any(s == "ok" for s, _, _ in states.values())
+    present = [e["path"] for e in required if states[e["path"]][0] == "ok"]
+    if not present:
+        return False
+    if len(present) < len(required):
+        gone = [e for e in required if states[e["path"]][0] == "missing"]
+        raise DataError(f"dataset {name!r} is incomplete: {', '.join(present)} found but "
+                        f"{', '.join(e['path'] for e in gone)} missing under the data roots "
+                        f"[{', '.join(str(r) for r in roots())}]; " + _missing_message(m, gone[0]))
     return True
 
 
 # ------------------------------------------------------------------------------------ atomic cache I/O
+#: Temp names carry the writer's pid: ``.<name>.<pid>.<random>.tmp<suffix>`` (files and folders), so a
+#: leftover of a killed writer can be told from one being written right now (:func:`clean_temps`).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp(\.\w+)?$")
+_LEGACY_TEMP_RE = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)(\.\w+)?$")  # older writers: <name>.tmp<pid>
+STALE_SECONDS = 24 * 3600  # a temp of a live pid older than this is stale too (pid reuse)
+
+
+def temp_prefix(path: Path) -> str:
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_temps(folder: Path, recursive: bool = False) -> list[Path]:
+    """Remove leftover temp files/folders of killed writers in ``folder`` (those whose writer pid is gone,
+    or older than a day); returns what was removed. Never fails (a read-only folder is left as it is)."""
+    import shutil
+
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    walker = os.walk(folder) if recursive else [(str(folder), [], [])]
+    for top, _, _ in walker:
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for ent in entries:
+            m = _TEMP_RE.match(ent.name) or _LEGACY_TEMP_RE.match(ent.name)
+            if not m:
+                continue
+            try:
+                age = time.time() - ent.stat(follow_symlinks=False).st_mtime
+                if _pid_alive(int(m["pid"])) and age < STALE_SECONDS:
+                    continue
+                if ent.is_dir(follow_symlinks=False):
+                    shutil.rmtree(ent.path)
+                else:
+                    os.unlink(ent.path)
+                removed.append(Path(ent.path))
+            except OSError:
+                continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is renamed onto ``path`` (never half-written)."""
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path`` (never half-written).
+
+    A full or read-only disk raises DataError naming ``path`` and the fix; the temp is always removed
+    (a kill leaves it, and :func:`clean_temps` removes it later)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes[-1:]),
-                               dir=path.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp" + "".join(path.suffixes[-1:]),
+                                   dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, path, "write")) from None
+    try:
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno in _FULL + _READ_ONLY and exc.filename in (None, tmp, str(path)):
+                raise DataError(os_error_message(exc, path, "write")) from None
+            raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -249,6 +424,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str = "") -> Iterator[None]:
+    """An exclusive inter-process lock on ``path`` (created); a second holder waits, saying why."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError as exc:
+        raise DataError(os_error_message(exc, path, "create the lock file")) from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock (writes stay atomic, so two writers only duplicate work)
+            yield
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to finish {what or path} (lock {path})", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 # ---------------------------------------------------------------------------------------------- tars
@@ -278,7 +481,7 @@ def safe_extract(tar_path: Path, dest: Path, members: list[str] | None = None) -
                 raise DataError(f"tar {tar_path}: member {mem.name!r} refused ({why}); the archive is unsafe, "
                                 f"do not use it")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix=".tmp", dir=dest.parent))
         try:
             tf.extractall(tmp, members=chosen, filter="data")
             os.replace(tmp, dest)
@@ -297,17 +500,42 @@ def tar_index(tar_path: Path) -> dict[str, tuple[int, int]]:
     digest = file_sha256(tar_path)
     cpath = cache_dir() / "tar_index" / f"{digest}.json"
     if cpath.exists():
-        return {k: tuple(v) for k, v in json.loads(cpath.read_text()).items()}
+        try:
+            return {k: (int(v[0]), int(v[1])) for k, v in json.loads(cpath.read_text()).items()}
+        except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            _warn_rebuild(cpath, exc, "tar index")
     index: dict[str, tuple[int, int]] = {}
-    with tarfile.open(tar_path) as tf:
-        for mem in tf:
-            if mem.isfile():
-                why = _unsafe_member(mem)
-                if why:
-                    raise DataError(f"tar {tar_path}: member {mem.name!r} refused ({why})")
-                index[mem.name] = (mem.offset_data, mem.size)
+    size = tar_path.stat().st_size
+    try:
+        with tarfile.open(tar_path) as tf:
+            for mem in tf:
+                if mem.isfile():
+                    why = _unsafe_member(mem)
+                    if why:
+                        raise DataError(f"tar {tar_path}: member {mem.name!r} refused ({why})")
+                    if mem.offset_data + mem.size > size:
+                        raise tarfile.ReadError(f"member {mem.name!r} runs past the end of the file")
+                    index[mem.name] = (mem.offset_data, mem.size)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"tar {tar_path} cannot be read ({exc}); the archive is truncated or corrupt - "
+                        f"download it again") from None
     atomic_write_bytes(cpath, json.dumps(index).encode())
     return index
+
+
+def _warn_rebuild(path: Path, exc: BaseException, what: str) -> None:
+    """Report a corrupt cache entry by path, delete it; the caller rebuilds it."""
+    import warnings
+
+    why = " ".join(str(exc).split())[:120]
+    warnings.warn(f"{what} {path} is corrupt or unsafe to load ({type(exc).__name__}: {why}); deleted, "
+                  f"rebuilding it", CacheRebuilt, stacklevel=3)
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
+
+
+class CacheRebuilt(UserWarning):
+    """A corrupt cache entry (prepared shard, checkpoint, index, embeddings) was found, deleted and rebuilt."""
 
 
 class TarReader:
@@ -328,7 +556,11 @@ class TarReader:
             self._fh = open(self.path, "rb")
         off, size = self.index[name]
         self._fh.seek(off)
-        return self._fh.read(size)
+        data = self._fh.read(size)
+        if len(data) != size:
+            raise DataError(f"tar {self.path}: member {name!r} is cut short ({len(data)} of {size} bytes); the "
+                            f"archive is truncated - download it again")
+        return data
 
     def close(self) -> None:
         if self._fh is not None:

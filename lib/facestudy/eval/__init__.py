@@ -113,12 +113,18 @@ def verification(embeddings_or_scores: Any, pairs: pd.DataFrame, n_folds: int = 
     if "fold" in pairs.columns:
         folds = pairs["fold"].to_numpy().astype(int)
     else:
+        if int(n_folds) < 2:
+            raise ParameterError(f"verification: n_folds must be >= 2 (the threshold of each fold is chosen on "
+                                 f"the others), got {n_folds}")
         folds = (np.arange(len(pairs)) * n_folds) // max(len(pairs), 1)
     uniq = np.unique(folds)
     accs, thrs = [], []
     if len(uniq) < 2:
-        thr, acc = _best_threshold(scores, same)
-        accs, thrs = [acc], [thr]
+        raise ParameterError(
+            f"verification: all {len(pairs)} pairs are in one fold (fold={uniq[0] if len(uniq) else '-'}), so the "
+            f"threshold would be chosen on the very pairs it is tested on (a self-thresholded accuracy with "
+            f"+- 0.00); give the pairs >= 2 folds (read_lfw_pairs splits a one-fold file into 10), or drop the "
+            f"'fold' column to split them into n_folds={n_folds} contiguous folds")
     else:
         for f in uniq:
             test = folds == f
@@ -185,14 +191,26 @@ def embed_cached(model: Any, faceset: Any, key: str | None = None, flip: bool = 
     path = _cache_dir() / "embeddings" / f"{safe}_{digest}.pt"
     if path.exists():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a corrupt cache file is recomputed
-            path.unlink(missing_ok=True)
+            emb = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or len(emb) != len(faceset):
+                raise ValueError(f"holds {type(emb).__name__} {tuple(getattr(emb, 'shape', ()))}, expected "
+                                 f"({len(faceset)}, D) embeddings")
+            return emb
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file is reported by path and recomputed
+            from ..data.store import _warn_rebuild
+
+            _warn_rebuild(path, exc, "embedding cache")
     emb = model.embed(faceset.images, batch_size=batch_size, flip=flip, normalize=normalize)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(emb, tmp)
-    os.replace(tmp, path)
+    from ..data.store import atomic_path, clean_temps
+
+    clean_temps(path.parent)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(emb, tmp)
+    except DataError as exc:  # a read-only or full cache: the embeddings are still right, only not kept
+        import warnings
+
+        warnings.warn(f"embeddings not cached: {exc}", stacklevel=2)
     return emb
 
 

@@ -95,11 +95,12 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
     hist = DiffusionHistory()
     step = 0
     path = Path(checkpoint) if checkpoint else None
-    if path is not None and path.exists():
-        try:
-            state = torch.load(path, map_location=device, weights_only=False)
-        except Exception as exc:  # corrupt or foreign file
-            raise DataError(f"diffusion checkpoint {path} cannot be read ({exc}); delete it to retrain") from exc
+    state = None
+    if path is not None:
+        from ..train import load_checkpoint
+
+        state = load_checkpoint(path, map_location=device, what="diffusion checkpoint")  # weights_only=True
+    if state is not None:
         if state.get("config") != gen.config_dict():
             raise DataError(f"diffusion checkpoint {path} was trained with another generator config; delete it "
                             f"or use another checkpoint path")
@@ -154,9 +155,8 @@ def _lr_factor(kind: str, steps: int, warmup: int, restart_period: int):
 
 
 def _save(path: Path, gen: UIFaceGenerator, ema: EMA, opt, lr_sched, step: int, loss: list[float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"config": gen.config_dict(), "model": gen.state_dict(), "ema": ema.model.state_dict(),
-                "ema_step": ema.step, "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "step": step,
-                "loss": loss}, tmp)
-    tmp.replace(path)
+    from ..train import _atomic_save
+
+    _atomic_save({"config": gen.config_dict(), "model": gen.state_dict(), "ema": ema.model.state_dict(),
+                  "ema_step": ema.step, "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "step": step,
+                  "loss": [float(v) for v in loss]}, path)
