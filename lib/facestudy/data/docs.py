@@ -22,15 +22,19 @@ manifests, not this page.
   `{sep}`. Each file is expected at `<root>/<path>` with the path listed below. Without the variable, a folder
   `../shared/data` beside the checkout is used when it exists. Nothing is ever written into a data root.
 * **Cache** (writable): `FACESTUDY_CACHE`, default `~/.cache/facestudy`. It holds the sha256 of every file
-  checked (keyed by path, size and modification time, so a file is hashed once), tar indexes (members are
-  read by offset, never extracted wholesale) and the prepared, aligned datasets. Every cache entry is written
-  to a temporary name and renamed, so a killed run never leaves a half-written entry.
+  checked (keyed by path, size, modification and change time and inode, so a file is hashed once and again
+  after any edit), tar indexes (members are read by offset, never extracted wholesale) and the prepared,
+  aligned datasets with the sha256 of each prepared file. Every cache entry is written to a temporary name
+  and renamed, so a killed run never leaves a half-written entry (leftover temporary files of killed runs
+  are removed later); a cache entry that fails to load is reported by its path and rebuilt.
 * `facestudy data status` prints one row per manifest (present / missing / sha256 ok / prepared) and
   `facestudy data prepare` builds the aligned datasets (idempotent and resumable).
 
 A missing file, a file with the wrong sha256 or an unreadable archive stops with one sentence that names the
-dataset, the file, its sha256, where to get it and where to put it. Corrupt images are skipped and counted;
-more than 1 % corrupt images is an error.
+dataset, the file, its sha256, where to get it and where to put it. A file that is there but damaged (the
+wrong size, as after an interrupted download, or the wrong sha256) is reported as damaged, never taken for
+absent: a chapter stops naming it instead of falling back to the synthetic world. Corrupt images are skipped
+and counted; more than 1 % corrupt images is an error.
 
 ## From files to aligned faces
 
