@@ -510,6 +510,28 @@ def c_pairs_bad_number(w):
     return _caught(lambda: read_lfw_pairs(p))
 
 
+# (6) wild images (the checks live in data.align / data.mtcnn; these cases guard them from this suite)
+def c_grayscale_2d_align(w):
+    from facestudy.data import ARCFACE_TEMPLATE_112, align
+
+    return _caught(lambda: align(np.zeros((112, 112), np.uint8), ARCFACE_TEMPLATE_112))
+
+
+def c_grayscale_2d_detect(w):
+    from facestudy.data import MTCNN
+
+    return _caught(lambda: MTCNN().detect(np.zeros((64, 64), np.uint8)))
+
+
+def c_centre_face_rule(w):
+    from facestudy.data import Detections
+
+    det = Detections(np.array([[0, 0, 60, 60], [40, 40, 72, 72]], np.float32), np.array([0.99, 0.9], np.float32),
+                     np.zeros((2, 5, 2), np.float32), image_size=(112, 112))
+    picked = (det.best("largest"), det.best("centre"))
+    return ("ok", "centre picks the middle face") if picked == (0, 1) else ("wrong face", str(picked))
+
+
 # (7) bad usage stops with exit 2 before any kernel starts
 def _run(w, *extra):
     return w.cli("run", "00_setup", "--profile", "smoke", "--out", str(w.tmp / "out"), *extra)
@@ -602,6 +624,9 @@ CASES = [
     ("single-fold-verification", 6, c_single_fold_verification_refused, ParameterError, ["one fold", "threshold"]),
     ("one-fold-pairs-too-small", 6, c_one_fold_pairs_too_small, DataError, ["one fold", "10 cross-validation"]),
     ("pairs-bad-number", 6, c_pairs_bad_number, DataError, ["line 2", "integers"]),
+    ("grayscale-2d-align", 6, c_grayscale_2d_align, ParameterError, ["grayscale", "(112, 112)"]),
+    ("grayscale-2d-detect", 6, c_grayscale_2d_detect, ParameterError, ["grayscale", "(64, 64)"]),
+    ("centre-face-rule", 6, c_centre_face_rule, "ok", ["centre"]),
     ("bad-set-yaml", 7, c_bad_set_yaml, E2, ["n_render", "not valid YAML"]),
     ("seed-2**64", 7, c_seed_too_big, E2, ["seed", "18446744073709551616", "[0, 4294967296)"]),
     ("seed-negative", 7, c_seed_negative, E2, ["seed", "-1"]),
