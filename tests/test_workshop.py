@@ -20,8 +20,8 @@ from facestudy.errors import ParameterError
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = chapters.chapters(ROOT)
 # chapters that must carry 3-5 exercises (chapter 0 has a few warm-ups too)
-TEACHING = ["00a_faceworld", "00b_models", "02_uiface",
-]
+TEACHING = ["00a_faceworld", "00b_models", "01_geometry", "02_uiface", "03_kprpe", "04_facemint",
+            "05_distillation"]
 EXERCISED = [c for c in CHAPTERS if c.id in TEACHING or c.id == "00_setup"]
 
 
