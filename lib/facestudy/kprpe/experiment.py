@@ -239,10 +239,11 @@ def resize_faceset(faces, size: int):
                    source=faces.source, info=dict(faces.info))
 
 
-def training_set(cfg: Any, seed: int, note: Callable[[str], None] = print):
+def training_set(cfg: Any, seed: int, note: Callable[[str], None] = print, size: int | None = None):
     """Training identities of chapter 3: CelebA-id299 + CelebA-10k identities with >= 2 images (real, MTCNN
     landmarks of the aligned images, as CVLface) + synthetic-world identities (exact landmarks), resized
-    to ``cfg.image_size``. Missing real data falls back to more synthetic identities (said via ``note``)."""
+    to ``size`` (default ``cfg.image_size``). Missing real data falls back to more synthetic identities (said
+    via ``note``)."""
     from .. import data as fsdata
     from .. import faceworld as fw
 
@@ -263,13 +264,16 @@ def training_set(cfg: Any, seed: int, note: Callable[[str], None] = print):
             missing = True
             note("CelebA-10k is absent: training on more synthetic identities instead")
     n_syn = 4 * cfg.synth_identities if missing else cfg.synth_identities
-    syn = fw.make_faceset(n_syn, cfg.synth_per_identity, seed=seed, size=112, nuisance="default")
-    parts.append(syn)
+    if missing and n_syn == 0:
+        n_syn = 60
+    if n_syn > 0 or not parts:
+        parts.append(fw.make_faceset(max(n_syn, 8), cfg.synth_per_identity, seed=seed, size=112,
+                                     nuisance="default"))
     for p in parts:
         counts[p.name] = (len(p), p.n_identities)
     parts = [p.subset(p.labels >= 0) for p in parts]
     parts = [p if p.landmarks is not None else _with_detected_landmarks(p) for p in parts]
-    train = fsdata.concat([resize_faceset(p, cfg.image_size) for p in parts], name="kprpe-train").relabel()
+    train = fsdata.concat([resize_faceset(p, size or cfg.image_size) for p in parts], name="kprpe-train").relabel()
     return train, counts
 
 

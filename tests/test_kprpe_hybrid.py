@@ -1,0 +1,85 @@
+"""Chapter 3's token model (facestudy.kprpe.hybrid): same start for every arm, keypoints used after
+training, degradations move keypoints with the pixels, cached training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facestudy.errors import ParameterError
+from facestudy.kprpe import hybrid as hy
+from facestudy.kprpe.keypoints import template_keypoints
+
+ARCH = dict(dim=16, depth=1, heads=2, mlp_ratio=2.0, embedding_dim=8)
+
+
+def _tokens(n: int = 24, c: int = 6, seed: int = 0) -> hy.TokenSet:
+    g = torch.Generator().manual_seed(seed)
+    kp = template_keypoints(n) + np.random.default_rng(seed).normal(0, 0.05, (n, 5, 2)).astype(np.float32)
+    return hy.TokenSet(torch.randn(n, c, 7, 7, generator=g).half(), kp, np.arange(n) % 4,
+                       torch.zeros(n, 4))
+
+
+def test_every_kind_starts_from_the_same_weights_and_output():
+    x = torch.randn(3, 6, 7, 7)
+    kp = torch.rand(3, 5, 2)
+    outs = {}
+    for kind in hy.HYBRID_KINDS:
+        m = hy.make_hybrid(kind, 6, seed=3, **ARCH).eval()
+        outs[kind] = m(x, kp if m.uses_keypoints else None)
+    assert torch.allclose(outs["vit"], outs["irpe"], atol=1e-6)
+    assert torch.allclose(outs["vit"], outs["kprpe"], atol=1e-6)
+    with pytest.raises(ParameterError):
+        hy.make_hybrid("cnn", 6)
+
+
+def test_trained_kprpe_token_model_depends_on_its_keypoints_and_vit_does_not():
+    ts = _tokens()
+    recipe = dict(epochs=3, batch_size=8, lr=3e-3, warmup=0.5)
+    m, losses, _ = hy.train_hybrid("kprpe", ts, ARCH, recipe, seed=0, cache=False)
+    assert len(losses) == 9 and np.isfinite(losses).all()
+    other = ts.keypoints + 0.1
+    assert hy.keypoint_sensitivity(m, ts, other) > 1e-6  # exactly 0 before training
+    v, _, _ = hy.train_hybrid("vit", ts, ARCH, recipe, seed=0, cache=False)
+    assert hy.keypoint_sensitivity(v, ts, other) == 0.0
+
+
+def test_train_hybrid_caches_by_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
+    ts = _tokens()
+    recipe = dict(epochs=1, batch_size=8, lr=3e-3)
+    m1, l1, s1 = hy.train_hybrid("irpe", ts, ARCH, recipe, seed=1)
+    m2, l2, s2 = hy.train_hybrid("irpe", ts, ARCH, recipe, seed=1)
+    assert s2 == 0.0 and l1 == l2
+    x = ts.features[:4].float()
+    assert torch.equal(m1.eval()(x), m2(x))
+
+
+def test_degrade_moves_keypoints_with_the_pixels_and_scales_with_strength():
+    img = np.zeros((1, 112, 112, 3), np.uint8)
+    kp = np.array([[[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]]], np.float32)
+    for x, y in (kp[0] * 112).astype(int):
+        img[0, y - 2:y + 3, x - 2:x + 3] = 255
+    out, moved = hy.degrade(img, kp, "misaligned", seed=5, strength=1.0)
+    for x, y in moved[0] * 112:  # each bright dot landed where its keypoint moved
+        assert out[0, int(round(y)) - 1:int(round(y)) + 2, int(round(x)) - 1:int(round(x)) + 2].max() > 100
+    same, kp0 = hy.degrade(img, kp, "misaligned", seed=5, strength=0.0)
+    assert np.abs(kp0 - kp).max() < 1e-5
+    _, far = hy.degrade(img, kp, "misaligned", seed=5, strength=2.0)
+    assert np.abs(far - kp).mean() > np.abs(moved - kp).mean()
+    low, kpl = hy.degrade(img, kp, "lowres", seed=5, sides=(14, 14))
+    assert np.array_equal(kpl, kp) and low.shape == img.shape
+    with pytest.raises(ParameterError):
+        hy.degrade(img, kp, "foggy", seed=0)
+
+
+def test_training_copy_flips_swap_left_and_right():
+    n = 64
+    imgs = np.zeros((n, 32, 32, 3), np.uint8)
+    kp = template_keypoints(n)
+    out, moved = hy.training_copy(imgs, kp, seed=0, strength=0.0, p_lowres=0.0, p_flip=0.5)
+    assert out.shape == imgs.shape
+    # strength 0: only flips; image-left eye always left of image-right eye
+    assert (moved[:, 0, 0] < moved[:, 1, 0]).all()
+    flipped = np.abs(moved[:, 0, 0] - kp[:, 0, 0]) > 1e-4
+    assert 0 < flipped.sum() < n
