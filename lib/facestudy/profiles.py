@@ -100,61 +100,65 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
     # --- chapter sections below are owned by each chapter's subpackage -------------------------------
     "01_geometry": {
         "base": {
-            "real_data": True,  # use CelebA-10k / CelebA-id299 when present (else the synthetic world, announced)
+            "real_data": True,  # use CelebA-10k / CelebA-id299 / LFW when present (else the synthetic world, announced)
             "real_models": ["mobilefacenet-ms1m", "mobilefacenet-casia"],  # pretrained models (facestudy.models)
             "paper_checkpoints": [],  # paper profile: manifest names of user-supplied FaceNet/ArcFace/AdaFace
-            "celeba_limit": 3000,  # CelebA-10k images for the macroscale test (0 = all 10k)
+            "celeba_limit": 2000,  # CelebA-10k images embedded for the KS test (whole identities; 0 = all 10k);
+            #                        the attribute entropies always use all 10k labels (no embedding needed)
             "world_macro_ids": 150,  # synthetic fallback: identities x images for the macroscale test
             "world_macro_per_id": 3,
-            "n_max": 300,  # KS: images per modality, n = min(n_max, |X+|, |X-|) (paper: 500)
-            "n_boot": 10,  # bootstrap replicates of the KS CIs (real models only)
+            "n_max": 500,  # KS: images per modality, n = min(n_max, |X+|, |X-|) (paper: 500)
+            "n_boot": 200,  # identity-bootstrap replicates of the named attributes' KS intervals
             "probe_limit": 1000,  # images used by the 5-fold logistic probes
-            "heads": ["softmax", "arcface", "cosface", "adaface"],  # loss families trained here
-            "backbone": "smallcnn",
-            "backbone_kw": {"embedding_dim": 128, "input_size": 48, "width": 16},
-            "train_data": "celeba_id299",  # celeba_id299 | world
-            "train_limit": 1500,  # training images (whole identities)
-            "train_world_ids": 60,  # when train_data = world: identities x images rendered at 64 px
+            "heads": ["softmax", "arcface", "cosface", "adaface"],  # loss families trained on the frozen trunk
+            "seeds": [0, 1, 2],  # training seeds per loss family (the unit of G3)
+            "train_data": "celeba_id299",  # celeba_id299 | world: the heads' training identities
+            "train_limit": 2000,  # training images (whole identities; 0 = all 6,263)
+            "train_world_ids": 60,  # when train_data = world: identities x images rendered at 112 px
             "train_world_per_id": 10,
-            "epochs": 2,
-            "batch_size": 64,
+            "head_epochs": 12,  # epochs of each head (tail: GDC + FC + BN, ~92 k parameters)
+            "batch_size": 128,
             "lr": 0.1,
-            "world_ids": 3,  # synthetic lattices: identities, curves per attribute, render size
-            "world_curves": 11,
-            "world_size": 48,
-            "world_attributes": ["yaw", "pitch", "age", "hair_colour", "illumination", "expression", "eyeglasses",
-                                 "brightness", "contrast", "hue"],
-            "real_ids": 4,  # real-face lattices: identities, curves per op
-            "real_curves": 11,
-            "real_attributes": ["brightness", "contrast", "hue", "blur", "roll", "scale"],
-            "k": 10,  # kNN neighbourhood of the energy
+            "world_ids": 12,  # synthetic lattices: identities, curves per attribute, render size
+            "world_curves": 30,
+            "world_size": 112,
+            "world_attributes": ["yaw", "age", "hair_colour", "illumination", "expression",
+                                 "brightness", "contrast", "hue"],  # the paper's 5 high-level + 3 low-level
+            "real_ids": 4,  # real-face lattices (CelebA-id299 photos, image operations): identities, curves
+            "real_curves": 20,
+            "real_attributes": ["brightness", "contrast", "hue"],
+            "k": 10,  # kNN neighbourhood of the energy (paper: 10)
             "ft_attribute": "hue",  # fine-tuning validation: augmented attribute
-            "ft_epochs": 1,
-            "ft_lr": 0.02,
-            "lfw_pairs_per_fold": 30,  # shifted verification: LFW pairs per fold
+            "ft_seeds": [0, 1, 2, 3, 4],  # fine-tunes per arm (augment / control), the unit of G4
+            "ft_ids": 10,  # lattice identities whose energies G4 compares
+            "ft_epochs": 3,
+            "ft_lr": 0.01,
+            "ft_p": 0.8,  # probability that a training sample is replaced by its hue-shifted copy
+            "tsne_n": 600,  # CelebA images in the 2-D projection figure
+            "lfw_pairs_per_fold": 30,  # LFW pairs per fold for the models' / heads' verification accuracy
         },
         "smoke": {
-            "real_data": False, "real_models": ["mobilefacenet-ms1m"], "n_max": 40, "n_boot": 5,
+            "real_data": False, "real_models": ["mobilefacenet-ms1m"], "n_max": 40, "n_boot": 20,
             "world_macro_ids": 20, "world_macro_per_id": 2, "probe_limit": 40,
-            "heads": ["softmax", "arcface"], "backbone_kw": {"embedding_dim": 32, "input_size": 32, "width": 8},
-            "train_data": "world", "train_world_ids": 8, "train_world_per_id": 4, "epochs": 1, "batch_size": 16,
-            "world_ids": 2, "world_curves": 4, "world_size": 48,
-            "world_attributes": ["yaw", "brightness"], "real_ids": 2, "real_curves": 4,
-            "real_attributes": ["brightness", "roll"], "k": 3, "ft_epochs": 1, "lfw_pairs_per_fold": 4,
+            "heads": ["softmax", "arcface"], "seeds": [0, 1, 2], "train_data": "world", "train_world_ids": 8,
+            "train_world_per_id": 4, "head_epochs": 2, "batch_size": 16,
+            "world_ids": 3, "world_curves": 4, "world_size": 112, "world_attributes": ["yaw", "hue"],
+            "real_ids": 2, "real_curves": 4, "real_attributes": ["brightness"], "k": 3,
+            "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 4,
         },
         "default": {},
         "gpu": {
-            "celeba_limit": 0, "n_max": 500, "n_boot": 100, "probe_limit": 10000, "backbone": "iresnet18",
-            "backbone_kw": {"embedding_dim": 512}, "train_limit": 0, "epochs": 20, "batch_size": 256,
-            "world_ids": 20, "world_curves": 100, "world_size": 112, "real_ids": 40, "real_curves": 100,
-            "ft_epochs": 4, "lfw_pairs_per_fold": 300,
+            "celeba_limit": 0, "n_max": 500, "n_boot": 500, "probe_limit": 10000, "train_limit": 0,
+            "seeds": [0, 1, 2, 3, 4], "head_epochs": 30, "world_ids": 30, "world_curves": 100, "real_ids": 40,
+            "real_curves": 100, "ft_seeds": list(range(10)), "ft_ids": 30, "ft_epochs": 6, "tsne_n": 3000,
+            "lfw_pairs_per_fold": 300,
         },
         "paper": {
-            "celeba_limit": 0, "n_max": 500, "n_boot": 200, "probe_limit": 10000,
+            "celeba_limit": 0, "n_max": 500, "n_boot": 500, "probe_limit": 10000, "train_limit": 0,
             "paper_checkpoints": ["arcface_r50", "arcface_r100", "adaface_r100"],
-            "backbone": "iresnet50", "backbone_kw": {"embedding_dim": 512}, "train_limit": 0, "epochs": 20,
-            "batch_size": 256, "world_ids": 50, "world_curves": 300, "world_size": 112, "real_ids": 100,
-            "real_curves": 300, "ft_epochs": 4, "lfw_pairs_per_fold": 300,
+            "seeds": [0, 1, 2, 3, 4], "head_epochs": 30, "world_ids": 50, "world_curves": 300, "real_ids": 100,
+            "real_curves": 300, "ft_seeds": list(range(10)), "ft_ids": 50, "ft_epochs": 6, "tsne_n": 5000,
+            "lfw_pairs_per_fold": 300,
         },
     },
     "02_uiface": {

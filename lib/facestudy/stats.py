@@ -77,7 +77,11 @@ class Estimate:
 
     def text(self, digits: int = 3, scale: float = 1.0, unit_label: str = "", with_n: bool = True) -> str:
         """``+1.23 [0.4, 2.1] (n = 5 seeds)``."""
-        f = lambda v: f"{v * scale:+.{digits}g}" if np.isfinite(v) else "nan"  # noqa: E731
+        def f(v: float) -> str:
+            if np.isnan(v):
+                return "nan"
+            return f"{v * scale:+.{digits}g}" if np.isfinite(v) else ("-∞" if v < 0 else "+∞")
+
         lab = f" {unit_label}" if unit_label else ""
         n = f" (n = {self.n} {self.unit})" if with_n else ""
         return f"{f(self.estimate)}{lab} [{f(self.low)}, {f(self.high)}]{n}"
@@ -411,6 +415,16 @@ def calibration_table(profiles_: Sequence[str] = ("default", "gpu"), reps: int =
                          **{f"power@{e:g}sd": simulate(d.rule, n, effect=e, reps=min(reps, 1000), seed=seed + 2)
                             for e in (0.5, 1.0, 2.0)}})
     return pd.DataFrame(rows)
+# chapter 1 (geometry): KS-entropy correlations over CelebA's 40 attributes, per model; the energy ordering paired
+# over lattice identities; loss-family heads and fine-tunes with seeds as the unit
+DESIGNS.append(Design("G1b-G1c", "01_geometry", "spearman", 40, "attributes"))
+DESIGNS.append(Design("G2", "01_geometry", "t", "world_ids", "identities"))
+DESIGNS.append(Design("G3", "01_geometry", "t", "seeds", "seeds"))
+DESIGNS.append(Design("G4", "01_geometry", "t", "ft_seeds", "seeds"))
+# chapter 3 (KP-RPE): every trained claim takes the training seed as the unit (seed i of every arm starts from the
+# same weights and data order: paired t over seeds); K1c/K1d test per-seed slopes of the gain against the dose
+DESIGNS.append(Design("K1 K1b K1c K1d K2 K5", "03_kprpe", "t", "seeds", "seeds"))
+DESIGNS.append(Design("K1 K2 K3", "03_kprpe", "noninferior", "seeds", "seeds"))
 # chapter 3 (KP-RPE): every trained claim takes the training seed as the unit (seed i of every arm starts from the
 # same weights and data order: paired t over seeds); K1c/K1d test per-seed slopes of the gain against the dose
 DESIGNS.append(Design("K1 K1b K1c K1d K2 K5", "03_kprpe", "t", "seeds", "seeds"))

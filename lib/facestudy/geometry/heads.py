@@ -114,7 +114,7 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
         raise ParameterError("aug_p > 0 needs aug_features")
     n_classes = int(labels_np.max()) + 1
     head_kw = dict(head_kw or {})
-    spec = ("tail-v1", loss, head_kw, module_digest(init), reinit, seed, epochs, batch_size, lr, weight_decay,
+    spec = ("tail-v2", loss, head_kw, module_digest(init), reinit, seed, epochs, batch_size, lr, weight_decay,
             head_init, aug_name if aug_p > 0 else "", float(aug_p), features_key or _digest(features[:64]),
             _digest(labels_np), tuple(features.shape))
     path = checkpoint_path("geometry/heads", *spec)
@@ -153,8 +153,9 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
             if len(idx) < 2:
                 continue
             x = features[idx].float()
+            # drawn in every arm, so a fine-tune and its control (aug_p = 0) see the same batches
+            swap = torch.rand(len(idx), generator=gen) < aug_p
             if aug_features is not None and aug_p > 0:
-                swap = torch.rand(len(idx), generator=gen) < aug_p
                 if swap.any():
                     x[swap] = aug_features[idx[swap]].float()
             out = head(tail(x), y_all[idx])
