@@ -425,7 +425,3 @@ DESIGNS.append(Design("G4", "01_geometry", "t", "ft_seeds", "seeds"))
 # same weights and data order: paired t over seeds); K1c/K1d test per-seed slopes of the gain against the dose
 DESIGNS.append(Design("K1 K1b K1c K1d K2 K5", "03_kprpe", "t", "seeds", "seeds"))
 DESIGNS.append(Design("K1 K2 K3", "03_kprpe", "noninferior", "seeds", "seeds"))
-# chapter 3 (KP-RPE): every trained claim takes the training seed as the unit (seed i of every arm starts from the
-# same weights and data order: paired t over seeds); K1c/K1d test per-seed slopes of the gain against the dose
-DESIGNS.append(Design("K1 K1b K1c K1d K2 K5", "03_kprpe", "t", "seeds", "seeds"))
-DESIGNS.append(Design("K1 K2 K3", "03_kprpe", "noninferior", "seeds", "seeds"))
