@@ -342,6 +342,19 @@ def c_corrupt_embedding_cache_recomputed(w):
     return (kind, msg) if torch.equal(E.embed_cached(m, fs), a) else ("wrong values", msg)
 
 
+def c_corrupt_teacher_cache_recomputed(w):
+    from facestudy import models as M
+    from facestudy.distill.teacher import teacher_embeddings
+
+    torch.manual_seed(0)
+    m = M.create("smallcnn", input_size=16, width=4, stages=2, embedding_dim=8)
+    imgs = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    a = teacher_embeddings(m, imgs)
+    next(w.cache.rglob("teacher_*.pt")).write_bytes(b"junk")
+    kind, msg = _caught(lambda: teacher_embeddings(m, imgs))
+    return (kind, msg) if torch.equal(teacher_embeddings(m, imgs).orig, a.orig) else ("wrong values", msg)
+
+
 def c_corrupt_tar_index_rebuilt(w):
     store.TarReader(w.tar)
     idx = next((w.cache / "tar_index").glob("*.json"))
@@ -610,6 +623,7 @@ CASES = [
     ("damaged-marker-status", 4, c_damaged_marker_status, E3, ["complete.json", "data prepare lfw"]),
     ("corrupt-train-ckpt", 4, c_corrupt_training_checkpoint_retrains, "ok", ["run.pt", "corrupt", "rebuilding"]),
     ("corrupt-embedding-cache", 4, c_corrupt_embedding_cache_recomputed, "ok", ["embedding cache", "corrupt"]),
+    ("corrupt-teacher-cache", 4, c_corrupt_teacher_cache_recomputed, "ok", ["teacher embedding cache", "corrupt"]),
     ("corrupt-tar-index", 4, c_corrupt_tar_index_rebuilt, "ok", ["tar index", "corrupt"]),
     ("readonly-cache-status", 5, c_readonly_cache_status, 0, ["lfw"]),
     ("readonly-cache-prepare", 5, c_readonly_cache_prepare, E3, ["read-only", "FACESTUDY_CACHE"]),

@@ -84,8 +84,13 @@ def teacher_embeddings(teacher: nn.Module, images: np.ndarray, *, batch_size: in
     key = hashlib.sha1(f"{tag}|{wh}|{sig}|{images_hash(images)}".encode()).hexdigest()[:20]
     path = _cache_root() / f"teacher_{key}.pt" if cache else None
     if path is not None and path.exists():
-        data = torch.load(path, weights_only=True)
-        return TeacherEmbeddings(data["orig"], data["flip"], key)
+        try:
+            data = torch.load(path, weights_only=True)
+            return TeacherEmbeddings(data["orig"], data["flip"], key)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file is reported by path and recomputed
+            from ..data.store import _warn_rebuild
+
+            _warn_rebuild(path, exc, "teacher embedding cache")
     for p in teacher.parameters():
         p.requires_grad_(False)
     orig = teacher.embed(images, batch_size=batch_size)

@@ -118,8 +118,10 @@ def train_cached(backbone: str, head: str, faceset: Any, *, backbone_kw: dict[st
     path = fdata.cache_dir() / "geometry" / "models" / f"{backbone}-{head}-{key}.pt"
     model = models.create(backbone, **backbone_kw)
     info: dict[str, Any] = {"path": str(path), "loaded": False, "config": config}
-    if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    from ..train import load_checkpoint
+
+    state = load_checkpoint(path, what="cached fine-tuned model")  # weights_only; a corrupt file is retrained
+    if state is not None:
         model.load_state_dict(state["model"])
         info.update(loaded=True, final_loss=state.get("final_loss"))
         return model.eval(), info
