@@ -58,8 +58,13 @@ def detect_keypoints(images: np.ndarray, key: str = "", mtcnn: Any = None, pad: 
     n, h, w, _ = images.shape
     path = fsdata.cache_dir() / "kprpe" / f"mtcnn-{key or 'images'}-{_images_digest(images)}-pad{pad}.npz"
     if cache and path.exists():
-        z = np.load(path)
-        return KeypointResult(z["keypoints"], z["score"], z["found"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return KeypointResult(z["keypoints"], z["score"], z["found"])
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file is reported by path and recomputed
+            from ..data.store import _warn_rebuild
+
+            _warn_rebuild(path, exc, "keypoint cache")
     det = mtcnn or fsdata.MTCNN.from_manifest()
     py, px = int(round(h * pad)), int(round(w * pad))
     kps = template_keypoints(n)
