@@ -28,6 +28,7 @@ import copy
 import hashlib
 import inspect
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,112 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", what: str = "training
     return state
 
 
+# ------------------------------------------------------------------------------- distributed (torchrun)
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel run: ``rank`` of ``world`` processes, ``local_rank`` on its
+    node (the GPU it drives). ``Dist()`` is the single-process run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes checkpoints, shows progress and runs the callbacks."""
+        return self.rank == 0
+
+
+def distributed(init: bool = True) -> Dist:
+    """The data-parallel group this process belongs to (``facestudy train`` under ``torchrun``).
+
+    An initialised ``torch.distributed`` group is used as it is. Otherwise, when ``torchrun`` (or SLURM via
+    ``torchrun``) has set ``WORLD_SIZE`` > 1, the group is initialised from its environment (``env://``:
+    ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``LOCAL_RANK``) with NCCL for CUDA tensors and gloo for CPU
+    tensors, and ``LOCAL_RANK``'s GPU becomes the current device. A plain process is ``Dist()``."""
+    import torch.distributed as tdist
+
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if tdist.is_available() and tdist.is_initialized():
+        return Dist(tdist.get_rank(), tdist.get_world_size(), local)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or not init:
+        return Dist()
+    if not tdist.is_available():
+        raise ParameterError(f"WORLD_SIZE={world} asks for a distributed run but this torch build has no "
+                             f"torch.distributed; run one process")
+    cuda = torch.cuda.is_available() and tdist.is_nccl_available()
+    if cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    tdist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), local)
+
+
+def _amp_dtype(dev: torch.device) -> torch.dtype:
+    """Autocast dtype on a GPU: bfloat16 where the GPU supports it (no loss scaling needed), else float16
+    (with a GradScaler). Never used on a CPU: the CPU path runs in float32."""
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _all_mean(values: list[float], weight: float, dist: Dist, dev: torch.device) -> list[float]:
+    """``sum over ranks of weight * value`` (weight = this rank's share of the global batch): the global-batch
+    mean of per-rank means, identical on every rank."""
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=dev) * weight
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def _check_same_resume(dist: Dist, epoch: int, step: int, dev: torch.device, path: Path | None) -> None:
+    """Every rank must resume from the same checkpoint (same epoch and step), else the replicas diverge."""
+    import torch.distributed as tdist
+
+    mine = torch.tensor([epoch, step], dtype=torch.int64, device=dev)
+    lo, hi = mine.clone(), mine.clone()
+    tdist.all_reduce(lo, op=tdist.ReduceOp.MIN)
+    tdist.all_reduce(hi, op=tdist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError(f"rank {dist.rank} resumes {path} at (epoch, step) {mine.tolist()} but other ranks at "
+                           f"{lo.tolist()}..{hi.tolist()}: the checkpoint is not the same file on every node; put "
+                           f"FACESTUDY_CACHE on a filesystem all nodes share")
+
+
+def _run_callbacks(callbacks: Sequence[Callable], epoch: int, model: torch.nn.Module, history: History,
+                   dist: Dist) -> dict[str, Any]:
+    """Run the callbacks (on rank 0 only in a distributed run) -> their merged records. Rank 0's records, or
+    its error, are broadcast, so every rank keeps the same history and every rank stops when one fails."""
+    out: dict[str, Any] = {}
+    error: BaseException | None = None
+    if dist.main:
+        try:
+            for cb in callbacks:
+                rec = cb(epoch, model, history)
+                if rec:
+                    out.update(rec)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            if not dist.active:
+                raise
+            error = exc
+    if dist.active:
+        import torch.distributed as tdist
+
+        box: list[Any] = [out, None if error is None else f"{type(error).__name__}: {error}"]
+        tdist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[1] is not None:
+            raise RuntimeError(f"rank 0 stopped in a callback at epoch {epoch}: {box[1]}")
+        out = box[0]
+    return out
+
+
 def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, epochs: int, batch_size: int,
         lr: float, device: str | torch.device = "auto", schedule: str = "cosine", warmup: float = 0,
         optimizer: str = "sgd", weight_decay: float | None = None, momentum: float = 0.9,
@@ -201,7 +308,19 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     """Train ``model`` (+ ``head``) on ``faceset``; returns the :class:`History` (chapter 0b).
 
     ``repeat_prob`` > 0 orders each epoch with :func:`repeated_order` (§1.7's repeated augmentation, 0.1
-    in the recipe); 0 keeps the plain seeded permutation, identical to earlier versions."""
+    in the recipe); 0 keeps the plain seeded permutation, identical to earlier versions.
+
+    Under ``torchrun`` (:func:`distributed`) the same call trains data-parallel: every rank draws the same
+    epoch order from ``seed`` and takes every ``world``-th image of each global batch of ``batch_size``
+    (which must divide by the world size), gradients are averaged by ``DistributedDataParallel`` (NCCL on
+    GPUs, gloo on CPUs), so the sequence of global batches and the weights equal the single-process run's up
+    to float rounding (exactly so for models without BatchNorm, whose statistics stay per rank, and for
+    losses that are means over the batch). ``augment`` is applied to the whole global batch on every rank
+    before slicing, so the random flips match too. Losses and logs are all-reduced; rank 0 alone runs
+    ``callbacks`` (they must not change the weights; their records and errors reach every rank), shows
+    progress and writes the checkpoint, which holds nothing world-size specific: a run resumes from it with
+    any number of processes. On a GPU autocast uses bfloat16 when supported (float16 with loss scaling
+    otherwise); a CPU run is plain float32."""
     if not 0.0 <= float(repeat_prob) < 1.0:
         raise ParameterError(f"repeat_prob must be in [0, 1), got {repeat_prob}")
     if schedule not in SCHEDULES:
@@ -226,7 +345,19 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     if steps_per_epoch < 1:
         raise ParameterError(f"batch_size={batch_size} exceeds the {n} images of {faceset.name!r}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dist = distributed()
+    if dist.active:
+        if batch_size % dist.world:
+            raise ParameterError(f"batch_size={batch_size} (the global batch) must be divisible by the "
+                                 f"{dist.world} processes of this distributed run")
+        if not drop_last and 0 < n % batch_size < dist.world:
+            raise ParameterError(f"the last batch holds {n % batch_size} images, fewer than the {dist.world} "
+                                 f"processes; use drop_last=True or another batch_size")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(dev)
     use_amp = (dev.type == "cuda") if amp is None else (bool(amp) and dev.type == "cuda")
+    amp_dtype = _amp_dtype(dev)
     model.to(dev)
     if head is not None:
         head.to(dev)
@@ -239,7 +370,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     total = steps_per_epoch * epochs
     if max_steps is not None:
         total = min(total, int(max_steps))
@@ -256,7 +387,8 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
             if head is not None and state.get("head") is not None:
                 head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
+            if state.get("scaler"):  # empty when saved without float16 loss scaling (CPU, bfloat16)
+                scaler.load_state_dict(state["scaler"])
             history = History(**state["history"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:  # foreign/damaged
@@ -268,6 +400,16 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
             opt.load_state_dict(fresh_opt)
             scaler.load_state_dict(fresh_scaler)
             history, start_epoch, step = History(), 0, 0
+    fwd_model, fwd_head = model, head
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        _check_same_resume(dist, start_epoch, step, dev, ckpt)
+        ids = [dev.index] if dev.type == "cuda" else None
+        if any(p.requires_grad for p in model.parameters()):
+            fwd_model = DDP(model, device_ids=ids)  # also makes every rank start from rank 0's weights
+        if head is not None and any(p.requires_grad for p in head.parameters()):
+            fwd_head = DDP(head, device_ids=ids)
     landmarks = None
     if getattr(model, "uses_keypoints", False):
         landmarks = faceset.landmarks
@@ -275,7 +417,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     images_np = faceset.images
     hw = images_np.shape[1:3]
     bar = None
-    if progress:
+    if progress and dist.main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=min(step, total), desc=f"fit {getattr(model, 'name', '')}", leave=False)
@@ -294,6 +436,10 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                 if step >= total:
                     break
                 idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
+                n_global = len(idx)
+                mine = slice(dist.rank, None, dist.world)  # this rank's share of the global batch
+                if dist.active and augment is None:
+                    idx = idx[mine]
                 imgs = torch.from_numpy(images_np[idx]).permute(0, 3, 1, 2).to(dev)
                 labels = torch.from_numpy(labels_all[idx]).to(dev)
                 kp = torch.from_numpy(landmarks[idx]).to(dev) if landmarks is not None else None
@@ -302,19 +448,23 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                         imgs, kp = augment(imgs, keypoints=kp)
                     else:
                         imgs = augment(imgs)
+                    if dist.active:  # augmented as one global batch (same random draws as one process)
+                        idx, imgs, labels = idx[mine], imgs[mine], labels[mine]
+                        kp = kp[mine] if kp is not None else None
+                share = len(idx) / n_global  # this rank's weight in the global-batch mean
                 cur_lr = lr_at(step, total, lr, schedule, warmup_steps, steps_per_epoch, milestones, gamma)
                 for g in opt.param_groups:
                     g["lr"] = cur_lr
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                     x = model.preprocess(imgs)
                     kw = {}
                     if kp is not None:
                         kw["keypoints"] = model.preprocess_keypoints(kp, hw)
-                    emb = model(x, **kw)
+                    emb = fwd_model(x, **kw)
                 logs: dict[str, float] = {}
                 loss = torch.zeros((), device=dev)
                 if head is not None:
-                    cls = head(emb.float(), labels)
+                    cls = fwd_head(emb.float(), labels)
                     loss = loss + cls
                     logs["cls_loss"] = float(cls.detach())
                 if extra_loss is not None:
@@ -323,9 +473,15 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                     extra, extra_logs = extra_loss(batch)
                     loss = loss + extra
                     logs.update({k: float(v) for k, v in (extra_logs or {}).items()})
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {float(loss)} at step {step} (epoch {epoch}); lower "
+                loss_value = float(loss.detach())
+                if dist.active:  # the global-batch mean on every rank (so every rank stops together)
+                    loss_value, *vals = _all_mean([loss_value, *logs.values()], share, dist, dev)
+                    logs = dict(zip(logs, vals, strict=True))
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step} (epoch {epoch}); lower "
                                              f"lr (now {cur_lr:.3g}) or set grad_clip")
+                if dist.active and share * dist.world != 1:  # unequal shares (a last partial batch)
+                    loss = loss * (share * dist.world)  # DDP averages: make it the global-batch mean
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if grad_clip is not None:
@@ -333,30 +489,30 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 scaler.step(opt)
                 scaler.update()
-                history.steps.append({"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": cur_lr,
-                                      **logs})
+                history.steps.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": cur_lr, **logs})
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{cur_lr:.2g}")
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2g}")
             record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                       "loss": float(np.mean([s["loss"] for s in history.steps
                                                              if s["epoch"] == epoch] or [np.nan]))}
             every = eval_every or 1
             if callbacks and ((epoch + 1) % every == 0 or epoch == epochs - 1 or step >= total):
-                for cb in callbacks:
-                    out = cb(epoch, model, history)
-                    if out:
-                        record.update(out)
+                record.update(_run_callbacks(callbacks, epoch, model, history, dist))
                 model.train()
             history.epochs.append(record)
-            if ckpt is not None:
+            if ckpt is not None and dist.main:
                 _atomic_save({"model": model.state_dict(), "head": head.state_dict() if head is not None else None,
                               "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                               "history": history.state(), "epoch": epoch, "step": step}, ckpt)
     finally:
         if bar is not None:
             bar.close()
+    if dist.active:
+        import torch.distributed as tdist
+
+        tdist.barrier()  # the checkpoint is complete when fit returns on any rank
     model.eval()
     if head is not None:
         head.eval()
