@@ -356,11 +356,16 @@ def c_corrupt_teacher_cache_recomputed(w):
 
 
 def c_corrupt_tar_index_rebuilt(w):
-    store.TarReader(w.tar)
+    store.tar_index(w.tar)
     idx = next((w.cache / "tar_index").glob("*.json"))
     idx.write_text("[1, 2")
     w.fresh_process()
-    return _caught(lambda: store.TarReader(w.tar).read(MEMBERS[0]))
+
+    def read():
+        with store.TarReader(w.tar) as r:
+            assert r.read(MEMBERS[0]) == bytes([0]) * 700
+
+    return _caught(read)
 
 
 # (5) read-only, full or mistyped cache

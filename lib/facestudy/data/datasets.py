@@ -258,7 +258,7 @@ _SHARD_KEYS = ("rows", "images", "landmarks", "score", "status", "src_landmarks"
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # our handle: closed even when np.load fails
         return {k: z[k] for k in z.files}
 
 
