@@ -79,9 +79,11 @@ def test_one_row_trains_with_the_trainer_and_is_repeatable(tmp_path, monkeypatch
            "fr_head": "sphereface2", "epochs": 1, "batch_size": 4, "lr": 0.05,
            "iled_r": 40.0, "iled_s": 0.9, "iled_b": 0.1, "iled_b_placement": "bias", "rpsd_t": 0.05,
            "rpsd_r": 60.0, "rpsd_b": 1.0, "rpsd_form": "softplus", "rpsd_include_batch": False,
-           "bank_multiple": 3, "lambda_iled": 1.0, "lambda_rpsd": 40.0, "lambda_baseline": 1.0}
+           "rpsd_bank": "student", "bank_multiple": 3, "lambda_iled": 1.0, "lambda_rpsd": 40.0, "lambda_baseline": 1.0}
     dc = study.config_from(cfg, "iled+rpsd")
-    assert dc.iled.r == 40.0 and dc.rpsd.t == 0.05 and dc.lambda_rpsd == 40.0
+    assert dc.iled.r == 40.0 and dc.rpsd.t == 0.05 and dc.lambda_rpsd == 40.0 and dc.rpsd.bank == "student"
+    tb = study.config_from(cfg, "rpsd_teacher_bank")  # a row preset: method + changed setting
+    assert tb.method == "rpsd" and tb.rpsd.bank == "teacher" and tb.rpsd.relation == "cross"
     a = study.train_row("both", dc, cfg=cfg, train_set=faces, targets=targets, seed=3)
     b = study.train_row("both", dc, cfg=cfg, train_set=faces, targets=targets, seed=3)
     assert {"cls_loss", "iled", "rpsd", "cos_st"} <= set(a.history.columns)

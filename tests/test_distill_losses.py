@@ -20,7 +20,10 @@ from facestudy.distill import (
     relational_kd_loss,
     rpsd_loss,
 )
+from facestudy.distill.losses import relation_matrices
 from facestudy.errors import ParameterError
+
+TB = RPSDConfig(bank="teacher")  # cross-model relations against a bank of teacher embeddings
 
 
 def unit(deg: float) -> torch.Tensor:
@@ -77,16 +80,22 @@ def test_rpsd_hand_computed_values() -> None:
     t = unit(0)
     bank = torch.cat([unit(0), unit(90)]).to(torch.float64)
     # 2 degrees off: |S^S - S^T| = (1 - cos 2°, sin 2°) both below t = 0.05 -> nothing mined -> 0
-    assert float(rpsd_loss(unit(2), t, bank)) == 0.0
+    assert float(rpsd_loss(unit(2), t, bank, TB)) == 0.0
     # 10 degrees off: only the second relation (sin 10° = 0.174) is mined
     d = math.sin(math.radians(10))
     expected = sp(60 * (d - 0.05) + 1) / 60
-    assert float(rpsd_loss(unit(10), t, bank)) == pytest.approx(expected, rel=1e-9)
+    assert float(rpsd_loss(unit(10), t, bank, TB)) == pytest.approx(expected, rel=1e-9)
     # 60 degrees off against bank row (1, 0): d = 0.5
-    assert float(rpsd_loss(unit(60), t, unit(0))) == pytest.approx(sp(60 * 0.45 + 1) / 60, rel=1e-9)
+    assert float(rpsd_loss(unit(60), t, unit(0), TB)) == pytest.approx(sp(60 * 0.45 + 1) / 60, rel=1e-9)
     # L1 / L2 forms on the same mined pair
-    assert float(rpsd_loss(unit(60), t, unit(0), RPSDConfig(form="l1"))) == pytest.approx(0.5)
-    assert float(rpsd_loss(unit(60), t, unit(0), RPSDConfig(form="l2"))) == pytest.approx(0.25)
+    assert float(rpsd_loss(unit(60), t, unit(0), RPSDConfig(form="l1", bank="teacher"))) == pytest.approx(0.5)
+    assert float(rpsd_loss(unit(60), t, unit(0), RPSDConfig(form="l2", bank="teacher"))) == pytest.approx(0.25)
+    # student bank (intra-model): student row 60° vs its own bank row 30° (cos 30°), teacher 0° vs 0° (1)
+    got = float(rpsd_loss(unit(60), t, unit(0), RPSDConfig(), bank_student=unit(30)))
+    d = 1 - math.cos(math.radians(30))
+    assert got == pytest.approx(sp(60 * (d - 0.05) + 1) / 60, rel=1e-9)
+    with pytest.raises(ParameterError, match="bank_student"):
+        rpsd_loss(unit(60), t, unit(0))  # intra relations need the student bank
 
 
 def test_rpsd_in_batch_ignores_diagonal_and_uses_pairs() -> None:
@@ -103,11 +112,11 @@ def test_rpsd_gradient_is_zero_for_unmined_pairs_and_flows_to_student() -> None:
     t = nn.functional.normalize(torch.randn(4, 8), dim=1)
     s = (t + 0.3 * torch.randn(4, 8)).requires_grad_(True)
     bank = torch.randn(6, 8)
-    loss = rpsd_loss(s, t, bank)
+    loss = rpsd_loss(s, t, bank, TB)
     loss.backward()
     assert loss.item() > 0 and s.grad.abs().sum() > 0
     s2 = t.clone().requires_grad_(True)  # student = teacher: nothing mined
-    l2 = rpsd_loss(s2, t, bank)
+    l2 = rpsd_loss(s2, t, bank, TB)
     l2.backward()
     assert l2.item() == 0.0 and torch.all(s2.grad == 0)
 
@@ -115,7 +124,12 @@ def test_rpsd_gradient_is_zero_for_unmined_pairs_and_flows_to_student() -> None:
 # -------------------------------------------------------------------------------------- baselines
 def test_baseline_values() -> None:
     s, t = unit(0), unit(90)
-    assert float(l2_kd_loss(s, t)) == pytest.approx(2.0)
+    assert float(l2_kd_loss(s, t)) == pytest.approx(1.0)  # mean squared error over the D = 2 entries
+    # raw L2 sees the norm, the normalised variant does not (it is 2/D x cosine KD)
+    assert float(l2_kd_loss(3 * unit(0), unit(0))) == pytest.approx(2.0)
+    assert float(l2_kd_loss(3 * unit(0), unit(0), normalize=True)) == pytest.approx(0.0)
+    assert float(l2_kd_loss(3 * unit(0), 2 * unit(90), normalize=True)) == pytest.approx(
+        2 / 2 * float(cosine_kd_loss(unit(0), unit(90))))
     assert float(cosine_kd_loss(s, t)) == pytest.approx(1.0)
     assert float(cosine_kd_loss(unit(60), unit(0))) == pytest.approx(0.5)
     # relational: teacher pair orthogonal (0), student pair 60° (0.5) -> MSE 0.25
@@ -130,6 +144,8 @@ def test_shape_mismatch_is_a_parameter_error() -> None:
         ILEDConfig(b_placement="inside")
     with pytest.raises(ParameterError, match="valid"):
         DistillConfig(method="fitnets")
+    with pytest.raises(ParameterError, match="bank"):
+        RPSDConfig(bank="both")
 
 
 # ------------------------------------------------------------------------------------------- bank
@@ -174,9 +190,39 @@ def test_distill_loss_bank_enqueued_after_use() -> None:
     s = torch.cat([unit(0), unit(30)]).float()
     first = kd(s, t)  # bank empty: in-batch relations only
     assert float(first) == pytest.approx(40 * float(rpsd_loss(s, t, None)), rel=1e-6)
-    second = kd(s, t)  # now relations against the stored teacher batch
-    assert float(second) == pytest.approx(40 * float(rpsd_loss(s, t, t)), rel=1e-6)
-    assert set(kd.last) >= {"rpsd", "kd_total", "cos_st"}
+    second = kd(s, t)  # now relations against the stored batch: student bank (default), intra-model
+    assert float(second) == pytest.approx(40 * float(rpsd_loss(s, t, t, bank_student=s)), rel=1e-6)
+    assert set(kd.last) >= {"rpsd", "kd_total", "cos_st", "iled_w_lt_half"}
+    kt = DistillLoss(DistillConfig(method="rpsd", rpsd=TB), batch_size=2, teacher_dim=2)
+    kt(s, t)
+    assert float(kt(s, t)) == pytest.approx(40 * float(rpsd_loss(s, t, t, TB)), rel=1e-6)
+
+
+def test_intra_relations_are_rotation_invariant_cross_are_not() -> None:
+    torch.manual_seed(0)
+    t, s = torch.randn(5, 6), torch.randn(5, 6)
+    bt, bs = torch.randn(7, 6), torch.randn(7, 6)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))  # a rotation of the student's embedding space
+    intra = RPSDConfig(mining=False)
+    a = rpsd_loss(s, t, bt, intra, bank_student=bs)
+    b = rpsd_loss(s @ q, t, bt, intra, bank_student=bs @ q)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+    cross = RPSDConfig(bank="teacher", mining=False)
+    assert abs(float(rpsd_loss(s, t, bt, cross)) - float(rpsd_loss(s @ q, t, bt, cross))) > 1e-3
+
+
+def test_in_batch_references_keep_the_relation_type() -> None:
+    # D4 changes one factor: bank vs batch references with the same relation type
+    t = torch.cat([unit(0), unit(90)])
+    s = torch.cat([unit(0), unit(30)])
+    ss, st = relation_matrices(s, t, None, relation="cross")  # student rows vs the teacher batch
+    assert torch.allclose(ss, s @ t.T) and torch.allclose(st, t @ t.T)
+    ss, st = relation_matrices(s, t, None, relation="intra")
+    assert torch.allclose(ss, s @ s.T)
+    nob = DistillLoss(DistillConfig(method="rpsd_nobank", rpsd=TB), batch_size=2, teacher_dim=2)
+    for _ in range(2):  # never uses a bank, whatever was seen before
+        assert float(nob(s.float(), t.float())) == pytest.approx(40 * float(rpsd_loss(s, t, None, TB)), rel=1e-6)
+    assert len(nob.bank) == 0
 
 
 def test_distill_loss_none_and_weights() -> None:

@@ -425,3 +425,8 @@ DESIGNS.append(Design("G4", "01_geometry", "t", "ft_seeds", "seeds"))
 # same weights and data order: paired t over seeds); K1c/K1d test per-seed slopes of the gain against the dose
 DESIGNS.append(Design("K1 K1b K1c K1d K2 K5", "03_kprpe", "t", "seeds", "seeds"))
 DESIGNS.append(Design("K1 K2 K3", "03_kprpe", "noninferior", "seeds", "seeds"))
+# chapter 5 (distillation, tail regime): seed i of every row shares the tail's initialisation and the batch
+# order, so rows are compared by a paired t over seeds (fold accuracies averaged per seed first); D5 is a
+# non-inferiority test of the pre-registered ILED + RPSD row against the teacher's own tail
+DESIGNS.append(Design("D1-D4", "05_distillation", "t", "seeds", "seeds"))
+DESIGNS.append(Design("D5", "05_distillation", "noninferior", "seeds", "seeds"))

@@ -1,8 +1,10 @@
-"""FIFO memory bank of past teacher embeddings for RPSD (chapter 5, unified knowledge distillation).
+"""FIFO memory bank of past embeddings for RPSD (chapter 5, unified knowledge distillation).
 
 The paper keeps 3 x batch embeddings; which network's embeddings it stores is not stated (METHODS.md
-ambiguity 17) -- we store the frozen teacher's, so the bank is a fixed reference frame that both relation
-matrices are measured against. Entries are detached copies: nothing ever back-propagates through the bank.
+ambiguity 17). ``DistillLoss`` keeps two banks of the same past images, one of teacher and one of student
+embeddings; ``RPSDConfig.bank`` chooses which relations RPSD compares (student bank: intra-model, the
+paper's most likely reading; teacher bank: cross-model). Entries are detached copies: nothing ever
+back-propagates through a bank.
 """
 from __future__ import annotations
 

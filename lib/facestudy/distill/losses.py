@@ -5,8 +5,9 @@ read, so the two losses below are **reconstructed** from the hyper-parameters it
 "rescaled softplus" form of SphereFace2 (METHODS.md §5.2-5.3, ambiguity 17). Every point where the paper's
 equation is unknown is a parameter here, and the chapter labels the result "reconstructed".
 
-All functions take student and teacher embeddings ``(B, D)``; they L2-normalise both and never let a
-gradient reach the teacher (the teacher side is detached).
+All functions take student and teacher embeddings ``(B, D)``; they L2-normalise both (except the raw L2
+baseline, which compares unnormalised embeddings) and never let a gradient reach the teacher (the teacher
+side is detached).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..errors import ParameterError
 
 __all__ = [
     "ILEDConfig", "RPSDConfig", "iled_loss", "iled_weights", "rpsd_loss", "l2_kd_loss", "cosine_kd_loss",
-    "relational_kd_loss", "relation_matrices",
+    "relational_kd_loss", "relation_matrices", "rpsd_mask", "BANKS", "REFERENCES",
 ]
 
 
@@ -79,14 +80,31 @@ def iled_weights(cos: torch.Tensor, cfg: ILEDConfig = ILEDConfig()) -> torch.Ten
 
 
 # --------------------------------------------------------------------------------------------- RPSD
+BANKS = ("student", "teacher")
+REFERENCES = ("bank", "batch")
+
+
 @dataclass(frozen=True)
 class RPSDConfig:
     """RPSD hyper-parameters (chapter 5, reconstructed).
 
     ``t`` mining threshold on ``|S^S - S^T|``; ``r``, ``b`` the rescaled softplus (paper's r' and b');
-    ``form``: ``"softplus"`` (default), ``"l2"`` or ``"l1"`` penalty on mined pairs; ``include_batch``:
-    add the in-batch B x B relations to the bank relations; ``mining``: keep only pairs above ``t``
-    (``False`` averages over all pairs).
+    ``form``: ``"softplus"`` (default), ``"l2"`` or ``"l1"`` penalty on mined pairs; ``mining``: keep only
+    pairs above ``t`` (``False`` averages over all pairs).
+
+    ``bank`` says what the reference embeddings are, and so which *relation type* RPSD compares:
+
+    - ``"student"`` (default, the paper's most likely reading: its summary names "stale embeddings" in the
+      bank as a risk, which only a bank of *student* embeddings can have -- the teacher is frozen): two
+      FIFO banks of the same past images, one of student and one of teacher embeddings;
+      ``S^S = S M_S^T`` and ``S^T = T M_T^T`` are *intra-model* relations, unchanged when the student's
+      whole embedding space is rotated (rotation-invariant, like classic relational KD);
+    - ``"teacher"``: one bank of teacher embeddings; ``S^S = S M_T^T`` and ``S^T = T M_T^T`` are
+      *cross-model* relations, which anchor the student in the teacher's frame (not rotation-invariant).
+
+    ``references``: ``"bank"`` (default) or ``"batch"`` (the other images of the current batch in place of
+    the bank, same relation type: the one-factor "no bank" ablation); ``include_batch`` adds the in-batch
+    references to the bank's.
     """
 
     t: float = 0.05
@@ -95,6 +113,8 @@ class RPSDConfig:
     form: str = "softplus"
     include_batch: bool = False
     mining: bool = True
+    bank: str = "student"
+    references: str = "bank"
 
     def __post_init__(self) -> None:
         if self.r <= 0:
@@ -103,47 +123,78 @@ class RPSDConfig:
             raise ParameterError(f"RPSD mining threshold t must be >= 0, got {self.t}")
         if self.form not in ("softplus", "l2", "l1"):
             raise ParameterError(f"RPSD form must be 'softplus', 'l2' or 'l1', got {self.form!r}")
+        if self.bank not in BANKS:
+            raise ParameterError(f"RPSD bank must be one of {BANKS}, got {self.bank!r}")
+        if self.references not in REFERENCES:
+            raise ParameterError(f"RPSD references must be one of {REFERENCES}, got {self.references!r}")
+
+    @property
+    def relation(self) -> str:
+        """``"intra"`` (student bank) or ``"cross"`` (teacher bank)."""
+        return "intra" if self.bank == "student" else "cross"
 
 
-def relation_matrices(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor | None,
-                      include_batch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine relations of student and teacher batches to reference embeddings (chapter 5).
+def relation_matrices(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor | None = None,
+                      include_batch: bool = False, *, bank_student: torch.Tensor | None = None,
+                      relation: str = "cross") -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine relations of the student and teacher batches to reference embeddings (chapter 5).
 
-    References are the (detached, normalised) ``bank`` rows, plus the current teacher batch when
-    ``include_batch`` is true or the bank is empty. Returns ``(S^S, S^T)``, both ``(B, K)``. With the batch
-    as reference, the student side uses its own batch (student-student relations vs teacher-teacher).
+    ``bank`` holds past *teacher* embeddings, ``bank_student`` the student's embeddings of the same past
+    images (needed for ``relation="intra"``). ``relation="cross"``: both batches are compared with the
+    teacher's references (``S^S = S M_T^T``, ``S^T = T M_T^T``); ``"intra"``: each network with its own
+    (``S^S = S M_S^T``, ``S^T = T M_T^T``). The current batch is used as references (same relation type:
+    ``S S^T`` vs ``T T^T`` intra, ``S T^T`` vs ``T T^T`` cross) when ``include_batch`` is true or there is
+    no bank; those columns come first. Returns ``(S^S, S^T)``, both ``(B, K)``.
     """
+    if relation not in ("intra", "cross"):
+        raise ParameterError(f"relation must be 'intra' or 'cross', got {relation!r}")
     s, t = _pair(student, teacher, "relation_matrices")
     empty = bank is None or bank.shape[0] == 0
     parts_s, parts_t = [], []
     if include_batch or empty:
-        parts_s.append(s @ s.T)
+        parts_s.append(s @ (s if relation == "intra" else t).T)
         parts_t.append(t @ t.T)
     if not empty:
-        m = F.normalize(bank.detach(), dim=1)
-        if m.shape[1] != t.shape[1]:
-            raise ParameterError(f"memory bank rows have dimension {m.shape[1]}, embeddings {t.shape[1]}")
-        parts_s.append(s @ m.T)
-        parts_t.append(t @ m.T)
+        mt = F.normalize(bank.detach(), dim=1)
+        if mt.shape[1] != t.shape[1]:
+            raise ParameterError(f"memory bank rows have dimension {mt.shape[1]}, embeddings {t.shape[1]}")
+        if relation == "intra":
+            if bank_student is None or bank_student.shape != bank.shape:
+                raise ParameterError("intra-model relations need the student bank (bank_student) with the "
+                                     "teacher bank's shape: the student's embeddings of the same past images")
+            ms = F.normalize(bank_student.detach(), dim=1)
+        else:
+            ms = mt
+        parts_s.append(s @ ms.T)
+        parts_t.append(t @ mt.T)
     return torch.cat(parts_s, dim=1), torch.cat(parts_t, dim=1)
 
 
 def rpsd_loss(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor | None = None,
-              cfg: RPSDConfig = RPSDConfig()) -> torch.Tensor:
+              cfg: RPSDConfig = RPSDConfig(), bank_student: torch.Tensor | None = None) -> torch.Tensor:
     """Relation-preserving similarity distillation with sample mining (chapter 5, reconstructed).
 
-    ``d_ij = |S^S_ij - S^T_ij|`` over the relation matrices of :func:`relation_matrices`; pairs with
-    ``d_ij > t`` are mined and ``L = mean_mined (1/r') softplus(r' (d_ij - t) + b')``. No mined pair gives
-    a zero loss that still carries a (zero) gradient. In-batch diagonal entries (self-similarity, always
-    equal) are excluded.
+    ``d_ij = |S^S_ij - S^T_ij|`` over the relation matrices of :func:`relation_matrices` (relation type
+    from ``cfg.bank``; ``bank`` = teacher rows, ``bank_student`` = student rows of the same images); pairs
+    with ``d_ij > t`` are mined and ``L = mean_mined (1/r') softplus(r' (d_ij - t) + b')``. No mined pair
+    gives a zero loss that still carries a (zero) gradient. In-batch diagonal entries (an image with
+    itself) are excluded.
     """
-    ss, st = relation_matrices(student, teacher, bank, cfg.include_batch)
+    ss, st = relation_matrices(student, teacher, bank, cfg.include_batch, bank_student=bank_student,
+                               relation=cfg.relation)
     d = (ss - st).abs()
-    B = student.shape[0]
+    return _rpsd_penalty(d, rpsd_mask(d, student.shape[0], bank, cfg), cfg)
+
+
+def rpsd_mask(d: torch.Tensor, batch: int, bank: torch.Tensor | None, cfg: RPSDConfig) -> torch.Tensor:
+    """Which entries of the relation gap ``d`` RPSD uses: valid (no image with itself) and mined (> t)."""
     valid = torch.ones_like(d, dtype=torch.bool)
     if cfg.include_batch or bank is None or bank.shape[0] == 0:
-        valid[:, :B] &= ~torch.eye(B, dtype=torch.bool, device=d.device)
-    mask = valid & (d > cfg.t) if cfg.mining else valid
+        valid[:, :batch] &= ~torch.eye(batch, dtype=torch.bool, device=d.device)
+    return valid & (d > cfg.t) if cfg.mining else valid
+
+
+def _rpsd_penalty(d: torch.Tensor, mask: torch.Tensor, cfg: RPSDConfig) -> torch.Tensor:
     if not bool(mask.any()):
         return d.sum() * 0.0
     dm = d[mask]
@@ -158,10 +209,17 @@ def rpsd_loss(student: torch.Tensor, teacher: torch.Tensor, bank: torch.Tensor |
 
 
 # ---------------------------------------------------------------------------------------- baselines
-def l2_kd_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Plain feature distillation: mean squared L2 distance of normalised embeddings (chapter 5 baseline)."""
-    s, t = _pair(student, teacher, "l2_kd_loss")
-    return (s - t).pow(2).sum(dim=1).mean()
+def l2_kd_loss(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """Raw L2 feature distillation (chapter 5 baseline): the mean squared error over all entries,
+    ``mean_ij (S(x_i)_j - T(x_i)_j)^2``, of the **unnormalised** embeddings (the student must match the
+    teacher's norm too). ``normalize=True`` compares normalised embeddings instead, which is exactly
+    ``2 / D x`` :func:`cosine_kd_loss` and so no separate baseline."""
+    if student.ndim != 2 or student.shape != teacher.shape:
+        raise ParameterError(f"l2_kd_loss: student and teacher embeddings must both be (B, D) with equal "
+                             f"shapes, got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    if normalize:
+        student, teacher = _pair(student, teacher, "l2_kd_loss")
+    return (student - teacher.detach()).pow(2).mean()
 
 
 def cosine_kd_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -20,23 +20,35 @@ from .objective import DistillConfig, DistillLoss
 from .teacher import TargetLookup, TeacherEmbeddings, as_extra_loss
 
 __all__ = [
-    "RowResult", "config_from", "check_user_files", "rec_faceset", "select_identities", "load_training_set",
-    "load_eval_pairs", "load_teacher", "train_row", "evaluate_row", "results_table",
-    "fold_diff_ci", "throughput", "mean_cosine",
+    "ROW_PRESETS", "RowResult", "config_from", "check_user_files", "rec_faceset", "select_identities",
+    "load_training_set", "load_eval_pairs", "load_teacher", "train_row", "evaluate_row", "results_table",
+    "throughput", "mean_cosine",
 ]
 
 
 # ------------------------------------------------------------------------------------------- config
+#: ablation rows that are a method plus a change of its settings (row name -> (method, changes))
+ROW_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rpsd_teacher_bank": ("rpsd", {"rpsd_bank": "teacher"}),
+    "rpsd_student_bank": ("rpsd", {"rpsd_bank": "student"}),
+}
+
+
 def config_from(cfg: Any, method: str, **changes: Any) -> DistillConfig:
-    """The :class:`DistillConfig` of ``method`` with the chapter profile's hyper-parameters (chapter 5)."""
+    """The :class:`DistillConfig` of ``method`` (a method of :data:`METHODS` or a row of
+    :data:`ROW_PRESETS`) with the chapter profile's hyper-parameters (chapter 5)."""
     from .losses import ILEDConfig, RPSDConfig
 
+    if method in ROW_PRESETS:
+        method, preset = ROW_PRESETS[method]
+        changes = {**preset, **changes}
     base = DistillConfig(
         method=method,
         iled=ILEDConfig(r=float(cfg["iled_r"]), s=float(cfg["iled_s"]), b=float(cfg["iled_b"]),
                         b_placement=cfg["iled_b_placement"]),
         rpsd=RPSDConfig(t=float(cfg["rpsd_t"]), r=float(cfg["rpsd_r"]), b=float(cfg["rpsd_b"]),
-                        form=cfg["rpsd_form"], include_batch=bool(cfg["rpsd_include_batch"])),
+                        form=cfg["rpsd_form"], include_batch=bool(cfg["rpsd_include_batch"]),
+                        bank=cfg["rpsd_bank"]),
         lambda_iled=float(cfg["lambda_iled"]), lambda_rpsd=float(cfg["lambda_rpsd"]),
         lambda_baseline=float(cfg["lambda_baseline"]), bank_multiple=int(cfg["bank_multiple"]))
     return base.with_(**changes) if changes else base
@@ -146,11 +158,13 @@ def rec_faceset(path: Path, n_identities: int, max_per_identity: int) -> Any:
     return FaceSet(np.stack(images), np.asarray(labels), meta, name=path.parent.name, source="real").relabel()
 
 
-def load_eval_pairs(cfg: Any, seed: int = 0) -> tuple[Any, pd.DataFrame, str | None]:
-    """Real LFW View-2 pairs (``lfw_pairs_per_fold`` per fold), else synthetic pairs: (faces, pairs, note)."""
+def load_eval_pairs(cfg: Any, seed: int = 0, n_per_fold: int | None = None
+                    ) -> tuple[Any, pd.DataFrame, str | None]:
+    """Real LFW View-2 pairs (``n_per_fold``, default ``cfg.lfw_pairs_per_fold``, per fold), else synthetic
+    pairs: (faces, pairs, note)."""
     from .. import data
 
-    n = int(cfg["lfw_pairs_per_fold"])
+    n = int(cfg["lfw_pairs_per_fold"] if n_per_fold is None else n_per_fold)
     if data.available("lfw"):
         faces, pairs = data.lfw_pairs(n_per_fold=None if n >= 600 else n)
         return faces, pairs, None
@@ -256,14 +270,6 @@ def results_table(rows: Sequence[RowResult], teacher_result: Any = None,
     if labels:
         df.insert(0, "what", [labels.get(i, "") for i in df.index])
     return df
-
-
-def fold_diff_ci(a: Any, b: Any, seed: int = 0) -> tuple[float, float, float]:
-    """Paired bootstrap CI of the accuracy difference a - b over the 10 LFW folds (chapter 5 claims)."""
-    from ..report import bootstrap_diff_ci
-
-    return bootstrap_diff_ci(np.asarray(a.fold_accuracies), np.asarray(b.fold_accuracies), paired=True,
-                             seed=seed)
 
 
 # ------------------------------------------------------------------------------------------- speed
