@@ -579,6 +579,10 @@ def c_nan_setting(w):
     return w.cli("run", "03_kprpe", "--profile", "smoke", "--out", str(w.tmp / "out"), "--set", "lr=.nan")
 
 
+def c_data_root_param_missing(w):
+    return _run(w, "-p", f"data_root={w.tmp / 'typo'}")
+
+
 def c_out_unwritable(w):
     blocker = w.tmp / "a_file"
     blocker.write_text("x")
@@ -652,6 +656,7 @@ CASES = [
     ("negative-size", 7, c_negative_size, E2, ["n_render", ">= 0", "-3"]),
     ("zero-count", 7, c_zero_count, E2, ["n_render", ">= 1"]),
     ("nan-setting", 7, c_nan_setting, E2, ["lr", "finite"]),
+    ("data-root-param-missing", 7, c_data_root_param_missing, E2, ["data_root", "typo", "not an existing folder"]),
     ("out-unwritable", 7, c_out_unwritable, E2, ["--out", "a_file"]),
     ("scorecard-missing-records", 7, c_scorecard_missing_records, E2, ["--records", "nowhere", "no such folder"]),
     ("prepare-limit-zero", 7, c_prepare_limit_zero, E2, ["--limit", "positive"]),

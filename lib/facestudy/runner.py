@@ -49,6 +49,13 @@ def plan(selection: str, profile: str, params: dict[str, str], overrides: dict[s
                                      f"{', '.join(k for k in decl if k != 'profile')}")
             typed[key] = chapters_mod.coerce(decl[key], value)
             _check_range(f"parameter {key!r} of chapter {ch.id}", key, typed[key], None)
+        if typed.get("data_root"):
+            parts = [r for r in str(typed["data_root"]).split(os.pathsep) if r.strip()]
+            gone = [r for r in parts if not Path(r).expanduser().is_dir()]
+            if gone:
+                raise ParameterError(f"parameter 'data_root' of chapter {ch.id}: {gone[0]} is not an existing "
+                                     f"folder; give the folder holding the data files (several: separate with "
+                                     f"{os.pathsep!r})")
         if "device" in typed:
             from .runtime import DEVICES
             if typed["device"] not in DEVICES:
