@@ -528,6 +528,14 @@ def c_pairs_bad_number(w):
     return _caught(lambda: read_lfw_pairs(p))
 
 
+def c_celeba_list_garbled(w):
+    from facestudy.data import read_celeba_attributes
+
+    p = w.tmp / "list_attr_celeba.txt"
+    p.write_text("ten\nSmiling Male\n000001.jpg 1 -1\n")
+    return _caught(lambda: read_celeba_attributes(p))
+
+
 # (6) wild images (the checks live in data.align / data.mtcnn; these cases guard them from this suite)
 def c_grayscale_2d_align(w):
     from facestudy.data import ARCFACE_TEMPLATE_112, align
@@ -647,6 +655,7 @@ CASES = [
     ("single-fold-verification", 6, c_single_fold_verification_refused, ParameterError, ["one fold", "threshold"]),
     ("one-fold-pairs-too-small", 6, c_one_fold_pairs_too_small, DataError, ["one fold", "10 cross-validation"]),
     ("pairs-bad-number", 6, c_pairs_bad_number, DataError, ["line 2", "integers"]),
+    ("celeba-list-garbled", 6, c_celeba_list_garbled, DataError, ["list_attr_celeba.txt", "not a CelebA attribute"]),
     ("grayscale-2d-align", 6, c_grayscale_2d_align, ParameterError, ["grayscale", "(112, 112)"]),
     ("grayscale-2d-detect", 6, c_grayscale_2d_detect, ParameterError, ["grayscale", "(64, 64)"]),
     ("centre-face-rule", 6, c_centre_face_rule, "ok", ["centre"]),

@@ -351,20 +351,28 @@ def read_lfw_pairs(path: str | os.PathLike, cv_folds: int = 10) -> pd.DataFrame:
 
 def read_celeba_identities(path: str | os.PathLike) -> pd.DataFrame:
     """CelebA ``identity_CelebA.txt`` (optionally with a header ``image identity``) -> (image_id, identity)."""
-    df = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "identity"], dtype=str)
-    if df.iloc[0, 0] == "image":
-        df = df.iloc[1:]
-    df["identity"] = df["identity"].astype(np.int64)
+    try:
+        df = pd.read_csv(path, sep=r"\s+", header=None, names=["image_id", "identity"], dtype=str)
+        if df.iloc[0, 0] == "image":
+            df = df.iloc[1:]
+        df["identity"] = df["identity"].astype(np.int64)
+    except (ValueError, IndexError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: not a CelebA identity list ('<image> <identity number>' per line): "
+                        f"{' '.join(str(e).split())[:120]}; replace the file") from None
     return df.reset_index(drop=True)
 
 
 def read_celeba_attributes(path: str | os.PathLike) -> pd.DataFrame:
     """CelebA ``list_attr_celeba.txt`` -> DataFrame(image_id, <40 attributes as 0/1 int8>)."""
     path = Path(path)
-    with open(path) as f:
-        n = int(f.readline().strip())
-        names = f.readline().split()
-    df = pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *names])
+    try:
+        with open(path) as f:
+            n = int(f.readline().strip())
+            names = f.readline().split()
+        df = pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *names])
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: not a CelebA attribute list (a count line, a line of names, then "
+                        f"'<image> <+1/-1 ...>' rows): {' '.join(str(e).split())[:120]}; replace the file") from None
     if len(df) != n:
         raise DataError(f"{path}: header says {n} rows but {len(df)} were read; the file is truncated")
     vals = df[names].to_numpy()
