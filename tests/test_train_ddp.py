@@ -20,6 +20,7 @@ from torch import nn
 
 from facestudy import losses, train
 from facestudy.data import FaceSet
+from facestudy.errors import ParameterError
 from facestudy.models.base import FaceModel
 
 TOL = 2e-5
@@ -143,3 +144,67 @@ def test_distributed_is_single_process_without_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     d = train.distributed()
     assert (d.rank, d.world, d.active, d.main) == (0, 1, False, True)
+
+
+# ------------------------------------------------------------------ the launcher and the notebook meet in the cache
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def test_facestudy_train_leaves_the_checkpoint_the_notebook_arm_loads(tmp_path, monkeypatch, capsys):
+    from facestudy import arms, train_cli
+
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rc = train_cli.main(["00a", "world-fr", "--profile", "smoke", "--device", "cpu", "--quiet"])
+    assert rc == 0
+    arm = arms.build("00a_faceworld", "world-fr", "smoke", seed=0)  # what the notebook cell builds
+    assert str(arm.checkpoint) in capsys.readouterr().out and arm.checkpoint.is_file()
+    saved = torch.load(arm.checkpoint, weights_only=True)
+    assert not _same_state(arm.model.state_dict(), saved["model"])  # a fresh arm: untrained weights
+    calls = []
+    hist = arm.fit(device="cpu", progress=False, callbacks=[lambda *a: calls.append(a)])
+    assert calls == [] and len(hist.steps) == saved["step"] == 2  # finished run: loaded, not trained
+    assert _same_state(arm.model.state_dict(), saved["model"])
+    # another seed or setting is another key (trains afresh); a recipe change through fit() is refused
+    assert arms.build("00a", "world-fr", "smoke", seed=1).checkpoint != arm.checkpoint
+    assert arms.build("00a", "world-fr", "smoke", fr_lr=0.05).checkpoint != arm.checkpoint
+    with pytest.raises(ParameterError, match="recipe"):
+        arm.fit(lr=1.0)
+
+
+def test_facestudy_train_refuses_bad_requests(capsys):
+    from facestudy import train_cli
+
+    assert train_cli.main(["00a", "nope"]) == 2
+    assert "world-fr" in capsys.readouterr().err  # one line, exit 2, as facestudy run
+    assert train_cli.main(["00a", "world-fr", "--profile", "huge"]) == 2
+    assert train_cli.main(["00a", "world-fr", "--set", "fr_lrr=1"]) == 2
+    assert "unknown setting" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # torchrun + two python processes importing torch: ~30 s of wall on a busy 2-core machine
+def test_torchrun_two_processes_on_localhost(tmp_path):
+    """The real launch path: ``torchrun --standalone --nproc-per-node 2 -m facestudy.train_cli`` (gloo,
+    127.0.0.1 only), then the notebook's arm finds the finished checkpoint."""
+    import subprocess
+    import sys
+
+    from facestudy import arms
+
+    env = {**os.environ, "FACESTUDY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("WORLD_SIZE", None)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1"]
+    out = subprocess.run([*torchrun, "-m", "facestudy.train_cli", "00a", "world-fr", "--profile", "smoke",
+                          "--device", "cpu", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "over 2 process(es)" in out.stdout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACESTUDY_CACHE", env["FACESTUDY_CACHE"])
+        arm = arms.build("00a", "world-fr", "smoke", seed=0)
+        saved = torch.load(arm.checkpoint, weights_only=True)
+        hist = arm.fit(device="cpu", progress=False)
+    assert len(hist.steps) == saved["step"] == 2
+    assert _same_state(arm.model.state_dict(), saved["model"])

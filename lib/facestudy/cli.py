@@ -1,4 +1,4 @@
-"""The ``facestudy`` command: ``list``, ``run``, ``data status|prepare``, ``scorecard``, ``workshop``.
+"""The ``facestudy`` command: ``list``, ``run``, ``data status|prepare``, ``scorecard``, ``workshop``, ``train``.
 
 Bad requests (unknown chapter, profile, parameter, setting, or a value of the wrong type) exit with code 2
 and a message listing the valid choices, before any kernel starts.
@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sync-bootstrap", action="store_true",
                    help="rewrite every chapter's first (bootstrap) cell from repository.url in _config.yml")
     w.set_defaults(fn=cmd_workshop)
+    from . import train_cli
+
+    t = sub.add_parser("train", help="train one chapter arm outside its notebook (alone or under torchrun); the "
+                                     "chapter then loads the checkpoint from the cache")
+    train_cli.add_arguments(t).set_defaults(fn=train_cli.cmd_train)
     return p
 
 

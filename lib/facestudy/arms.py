@@ -1,0 +1,96 @@
+"""Training arms a chapter and a launched run share (``facestudy train``, issue 20; book page "Running").
+
+An *arm* is one trained model of a chapter: its network, head, training faces, :func:`facestudy.train.fit`
+settings and the cache key (:func:`facestudy.train.checkpoint_path`) that names the finished weights. The
+notebook builds the arm and calls :meth:`Arm.fit`; ``facestudy train <chapter> <arm> --profile P`` (alone or
+under ``torchrun --nproc-per-node N``) builds the *same* arm from the same profile table, trains it, and
+leaves the checkpoint under the same key, so the notebook then loads it instead of training.
+
+The model's initial weights are drawn from ``seed`` in a forked RNG, so the key determines the weights and
+building an arm leaves the caller's random state untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import ParameterError
+
+
+@dataclass
+class Arm:
+    """One trainable model of a chapter: what :func:`facestudy.train.fit` needs, plus its cache key."""
+
+    chapter: str
+    name: str
+    model: torch.nn.Module
+    head: torch.nn.Module | None
+    faceset: Any
+    checkpoint: Path
+    fit_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def fit(self, **kw: Any):
+        """Train (or resume, or load when finished) into :attr:`checkpoint`; ``kw`` overrides ``device``,
+        ``progress``, ``callbacks`` and the like, never the recipe (that would break the cache key)."""
+        from . import train
+
+        recipe = {k for k in kw if k in self.fit_kwargs and k not in ("device", "progress", "callbacks")}
+        if recipe:
+            raise ParameterError(f"arm {self.chapter}/{self.name}: {', '.join(sorted(recipe))} belong to the "
+                                 f"recipe (and its cache key); change them in the profile table instead")
+        return train.fit(self.model, self.head, self.faceset, checkpoint=self.checkpoint,
+                         **{**self.fit_kwargs, **kw})
+
+
+def _seeded(seed: int, make: Callable[[], Any]) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def faceworld_fr(cfg: Any, seed: int = 0) -> Arm:
+    """Chapter 00a's world-trained FR model: a SmallCNN with an ArcFace head on ``fr_train_ids`` synthetic
+    identities x ``fr_per_id`` renders (the ``fr_*`` settings of the profile table)."""
+    from . import faceworld as fw
+    from . import losses, models, train
+    from .eval import faceset_hash
+
+    faces = fw.make_faceset(cfg.fr_train_ids, cfg.fr_per_id, seed=seed, size=cfg.fr_size, nuisance="default")
+    model, head = _seeded(seed, lambda: (
+        models.create("smallcnn", input_size=cfg.fr_size, width=cfg.fr_width, stages=4,
+                      embedding_dim=cfg.fr_embedding_dim),
+        losses.make_head("arcface", cfg.fr_embedding_dim, cfg.fr_train_ids, s=cfg.fr_scale, m2=cfg.fr_margin)))
+    # cached by recipe + training images: a re-run loads the trained model instead of training again
+    ckpt = train.checkpoint_path("faceworld", "smallcnn-arcface",
+                                 sorted((k, v) for k, v in cfg.items() if k.startswith("fr_")),
+                                 faceset_hash(faces), seed)
+    return Arm("00a_faceworld", "world-fr", model, head, faces, ckpt,
+               dict(epochs=cfg.fr_epochs, batch_size=cfg.fr_batch_size, lr=cfg.fr_lr, warmup=1, seed=seed,
+                    augment=train.random_hflip if cfg.fr_flip else None))
+
+
+#: (chapter id, arm name) -> builder(cfg, seed) -> Arm
+ARMS: dict[tuple[str, str], Callable[[Any, int], Arm]] = {
+    ("00a_faceworld", "world-fr"): faceworld_fr,
+}
+
+
+def names() -> list[str]:
+    return [f"{c} {a}" for c, a in ARMS]
+
+
+def build(chapter: str, arm: str, profile: str = "default", seed: int = 0, **overrides: Any) -> Arm:
+    """The arm ``arm`` of ``chapter`` (an id or unique prefix) at ``profile`` with table ``overrides``."""
+    from . import profiles
+
+    ids = sorted({c for c, _ in ARMS})
+    hits = [c for c in ids if c == chapter] or [c for c in ids if c.startswith(chapter)]
+    if len(hits) != 1:
+        raise ParameterError(f"no trainable arm for chapter {chapter!r}; arms: {'; '.join(names())}")
+    if (hits[0], arm) not in ARMS:
+        raise ParameterError(f"chapter {hits[0]} has no arm {arm!r}; arms: {'; '.join(names())}")
+    cfg = profiles.resolve(hits[0], profile, **overrides)
+    return ARMS[(hits[0], arm)](cfg, seed)
