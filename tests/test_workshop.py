@@ -140,3 +140,45 @@ def test_student_copy_runs_to_its_first_exercise_and_teacher_copy_fully(tmp_path
     assert errors and errors[0]["ename"] == "NotImplementedError"
     proc = _execute(teacher, ROOT / "notebooks")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_bootstrap_installs_facestudy_into_a_fresh_kernel(tmp_path):
+    """Chapter 0 in a fresh virtual environment that lacks facestudy: the first cell installs it from this
+    checkout (FACESTUDY_SOURCE) and says that the chapter runs on the synthetic world (an empty data root).
+    The dependencies (torch, papermill, pip, setuptools, ...) are borrowed from this venv through a .pth line
+    and the build runs without isolation, so nothing is downloaded; pip never removes a package outside the
+    environment it installs into, so this venv's own editable facestudy is left alone."""
+    import sysconfig
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # a plain path line: this venv's packages become importable, its editable facestudy finder does not
+    Path(site, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = subprocess.run([py, "-c", "import torch, papermill; import facestudy"], capture_output=True, text=True,
+                           cwd=tmp_path)
+    assert "No module named 'facestudy'" in probe.stderr, probe.stderr[-2000:]
+    subprocess.run([py, "-m", "ipykernel", "install", "--prefix", str(venv), "--name", "python3"],
+                   check=True, capture_output=True, timeout=120)
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    nb_path = tmp_path / "00_setup.ipynb"
+    nb_path.write_text((ROOT / "notebooks" / "00_setup.ipynb").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
+    env.update(FACESTUDY_SOURCE=str(ROOT), FACESTUDY_DATA=str(empty), FACESTUDY_CACHE=str(tmp_path / "cache"),
+               PIP_NO_BUILD_ISOLATION="0",  # pip's spelling of --no-build-isolation
+               OMP_NUM_THREADS="1", FACESTUDY_THREADS="1", PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '')}")
+    proc = subprocess.run([py, "-m", "papermill", str(nb_path), str(nb_path), "-p", "profile", "smoke",
+                           "--cwd", str(ROOT / "notebooks"), "-k", "python3", "--no-progress-bar"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    nb = json.loads(nb_path.read_text())
+    first = "".join("".join(o.get("text", "")) for o in nb["cells"][0]["outputs"])
+    print(first)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"installing it from {ROOT}" in first
+    assert "SYNTHETIC FACE WORLD" in first and "FACESTUDY_DATA" in first
+    assert list(Path(site).glob("facestudy-*.dist-info")), "installed into the fresh environment itself"
