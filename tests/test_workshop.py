@@ -72,7 +72,7 @@ def test_code_solutions_are_marked_and_self_checking(ch):
     assert not any(c["cell_type"] == "markdown" and "{solution" in _src(c) for c in student["cells"])
     stubs = [c for c in student["cells"] if "exercise-stub" in _tags(c)]
     assert len(stubs) == len(code)
-    for stub, cell in zip(stubs, code):
+    for stub, cell in zip(stubs, code, strict=True):
         answer = _src(cell).split(workshop.BEGIN, 1)[1].split(workshop.END, 1)[0].strip()
         assert "raise NotImplementedError()" in _src(stub) and answer not in _src(stub)
     params = _src(chapters.parameters_cell(student))
