@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import profiles
-from .errors import ParameterError
+#: OpenMP threads that wait at a barrier sleep instead of spinning. Spinning is what collapses a shared CPU:
+#: two busy torch threads spinning on two cores that another job also uses made chapter 00a ~10x and the
+#: face-world renderer ~30x slower (issue 21; benchmarks/peers.py measures it). libgomp reads this once, when
+#: torch loads it, so it is set here, before this module imports torch (a process that imported torch first
+#: keeps its own setting; ``make`` and ``facestudy run`` export it as well).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from . import profiles  # noqa: E402
+from .errors import ParameterError  # noqa: E402
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -34,6 +42,78 @@ MALLOC_ENV = {
     "MALLOC_TRIM_THRESHOLD_": "68719476736",
     "MALLOC_TOP_PAD_": "1073741824",
 }
+
+
+#: mallopt(3) parameters for the same tuning in-process (glibc takes an int: at most 2**31 - 1 bytes)
+_MALLOPT = {-3: 1 << 30, -1: (1 << 31) - 1, -2: 1 << 30}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
+
+
+def tune_malloc() -> bool:
+    """Apply :data:`MALLOC_ENV`'s tuning to this process with glibc's ``mallopt`` (done when facestudy is
+    imported, so a library user gets it without ``make``): large buffers are then reused from the heap
+    instead of being mmap'ed and unmapped per batch. Returns False (and does nothing) off glibc or when
+    ``FACESTUDY_NO_MALLOPT`` is set; the environment variables, when present, already did the same."""
+    if os.environ.get("FACESTUDY_NO_MALLOPT") or platform.system() != "Linux":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return all(mallopt(k, v) == 1 for k, v in _MALLOPT.items())
+
+
+def available_cpus() -> int:
+    """Cores this process may really use: its CPU affinity, capped by a cgroup CPU quota (containers, CI
+    runners: ``cpu.max`` / ``cpu.cfs_quota_us``), at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = None
+    try:
+        q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if q != "max":
+            quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0 and period > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, max(1, int(quota + 0.5)))
+    return max(1, n)
+
+
+def cpu_threads() -> int:
+    """The intra-op thread count facestudy uses: ``FACESTUDY_THREADS`` if set, else ``OMP_NUM_THREADS`` if
+    set, else :func:`available_cpus`."""
+    for var in ("FACESTUDY_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return available_cpus()
+
+
+def configure_process() -> dict[str, Any]:
+    """What importing facestudy does to the process: malloc tuning, and torch's thread count set to
+    :func:`cpu_threads` (a cgroup quota below the visible cores otherwise oversubscribes). Returns a summary
+    (also shown by :func:`environment`)."""
+    state = {"malloc_tuned": tune_malloc(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+             "threads": cpu_threads(), "available_cpus": available_cpus()}
+    if torch.get_num_threads() != state["threads"]:
+        torch.set_num_threads(state["threads"])
+    return state
+
+
+PROCESS = configure_process()
 
 
 def repo_root() -> Path | None:
@@ -103,6 +183,9 @@ def environment() -> dict[str, Any]:
         "processor": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "available_cpus": PROCESS["available_cpus"],
+        "omp_wait_policy": PROCESS["omp_wait_policy"],
+        "malloc_tuned": PROCESS["malloc_tuned"],
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     }
     for pkg in ("facestudy", "torch", "numpy", "scipy", "pandas", "matplotlib", "diffusers", "papermill",

@@ -88,3 +88,28 @@ def session(path: Path, threads: int | None = None):
 def run(sess, x: np.ndarray) -> list[np.ndarray]:
     """Run a one-input session on a float32 array."""
     return sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``model`` in which each ``Conv2d`` directly followed by a ``BatchNorm2d``
+    inside an ``nn.Sequential`` (MobileFaceNet's ConvBN, RetinaFace's blocks, ResNet downsamples) becomes one
+    convolution with the BatchNorm folded in (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`) and the
+    BatchNorm an ``Identity``. Same outputs up to float rounding; no gradient."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:], strict=False):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    folded.__dict__.pop("_folded", None)
+    return folded
