@@ -57,6 +57,10 @@ def cmd_data(args) -> int:
     from . import data
     from .data import store
 
+    if args.action == "fixtures":
+        from .data.fixtures import main as fixtures_main
+
+        return fixtures_main(args)
     if args.action == "status":
         if args.names:
             raise ParameterError(f"data status takes no dataset names (got {' '.join(args.names)}); it lists all")
@@ -131,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="folder for executed notebooks (default: book/executed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
-    d = sub.add_parser("data", help="real data: status table or prepare the aligned caches")
-    d.add_argument("action", choices=["status", "prepare"])
-    d.add_argument("names", nargs="*", help="datasets to prepare (default: all present)")
+    d = sub.add_parser("data", help="real data: status table, prepare the aligned caches, or write the "
+                                    "miniature paper-format fixtures (data fixtures DIR)")
+    d.add_argument("action", choices=["status", "prepare", "fixtures"])
+    d.add_argument("names", nargs="*", help="datasets to prepare (default: all present); for fixtures: DIR")
+    d.add_argument("--big", action="store_true", help="fixtures: also IResNet-100 and ViT-base KP-RPE (~520 MB)")
+    d.add_argument("--source", default="auto", help="fixtures: faces from auto | real | synthetic")
     d.add_argument("--limit", type=int, default=None, help="prepare only the first N images of each")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(fn=cmd_data)

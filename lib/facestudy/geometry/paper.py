@@ -45,14 +45,14 @@ def load_paper_model(name: str) -> torch.nn.Module:
     file, depth, _, prefix = PAPER_MODELS[name]
     require([name])
     path = fdata.locate("fr_checkpoints", file)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    model = models.create(f"iresnet{depth}", embedding_dim=512)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if len(missing) > 2:
-        raise DataError(f"{path}: {len(missing)} weights missing for IResNet-{depth} (e.g. {missing[:3]}); "
-                        "is this the checkpoint the manifest describes?")
+    from ..models.iresnet import load_arcface_state
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, or one that is not a weights-only pickle
+        raise DataError(f"{path} cannot be read as a state dict ({type(e).__name__}: {str(e)[:160]}); is this "
+                        "the checkpoint the manifest describes?") from None
+    # strict: every key with its shape, nothing foreign (a renamed key is an error, not half a model)
+    model = load_arcface_state(models.create(f"iresnet{depth}", embedding_dim=512), state, str(path), prefix)
     model.weights_tag = name
     return model.eval()
