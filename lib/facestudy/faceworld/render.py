@@ -24,13 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.align import ARCFACE_TEMPLATE_112  # noqa: F401  (the one ArcFace 5-point template, 112x112 pixels)
 from ..errors import ParameterError
 from .attributes import Attributes, stack
 from .identity import PARAM_NAMES, Identities
-
-#: ArcFace 5-point template for 112x112 (left eye, right eye, nose, left / right mouth corner), pixels.
-ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                                 [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 
 SKIN, HAIR, CLOTH, FRAME, LENS, HAT = range(6)
 _DT = torch.float32

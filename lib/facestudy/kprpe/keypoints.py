@@ -22,11 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.align import ARCFACE_TEMPLATE_112  # the one ArcFace template
 from ..errors import ParameterError
 
 FLIP_ORDER: tuple[int, ...] = (1, 0, 2, 4, 3)
-ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                                 [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 TEMPLATE_NORM = ARCFACE_TEMPLATE_112 / 112.0  # §1.5's reference landmarks (as CVLface: divided by 112)
 
 
