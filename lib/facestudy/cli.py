@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "miniature paper-format fixtures (data fixtures DIR)")
     d.add_argument("action", choices=["status", "prepare", "fixtures"])
     d.add_argument("names", nargs="*", help="datasets to prepare (default: all present); for fixtures: DIR")
-    d.add_argument("--big", action="store_true", help="fixtures: also IResNet-100 and ViT-base KP-RPE (~520 MB)")
+    d.add_argument("--big", action="store_true", help="fixtures: also IResNet-100 and ViT-base KP-RPE (~720 MB)")
     d.add_argument("--source", default="auto", help="fixtures: faces from auto | real | synthetic")
     d.add_argument("--limit", type=int, default=None, help="prepare only the first N images of each")
     d.add_argument("--quiet", action="store_true")

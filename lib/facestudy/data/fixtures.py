@@ -28,7 +28,8 @@ Point the book at them exactly as at a user's own files::
 
 The weights are random: the fixtures prove that every reader, key table and shape check of the ``paper``
 profile works on files of the real layout, never any accuracy. The big models are written only on request
-(``big=True``): IResNet-100 has 65.2 M parameters (261 MB as float32) and ViT-base with KP-RPE 63.6 M.
+(``big=True``): IResNet-100 has 65.2 M parameters (261 MB as float32), ViT-base with KP-RPE 115.1 M
+(460 MB; half of them in its 196·512 -> 512 feature head).
 AdaFace's IR-101 ``.ckpt`` is not written: its released keys (``input_layer``, ``body``, ``output_layer``)
 are not arcface_torch's, and the project has no reader for them yet.
 """
