@@ -430,3 +430,10 @@ DESIGNS.append(Design("K1 K2 K3", "03_kprpe", "noninferior", "seeds", "seeds"))
 # non-inferiority test of the pre-registered ILED + RPSD row against the teacher's own tail
 DESIGNS.append(Design("D1-D4", "05_distillation", "t", "seeds", "seeds"))
 DESIGNS.append(Design("D5", "05_distillation", "noninferior", "seeds", "seeds"))
+# chapter 4 (FaceMINT): every SAE quantity is replicated over SAE seeds (initialisation + batch order) and
+# decided by a t over seeds (F1 density shape, F2 EV at the paper's L0 and gated - vanilla, F3 trained -
+# untrained SAE, F4 switched-off rate); F3's comparisons with raw neurons and PCA pair the labels (the
+# SAE's validation AUROC averaged over seeds first); F5 pairs act-max seeds (only at >= 256 steps)
+DESIGNS.append(Design("F1 F2 F3 F4", "04_facemint", "t", "sae_seeds", "seeds"))
+DESIGNS.append(Design("F3", "04_facemint", "t", 40, "labels"))
+DESIGNS.append(Design("F5", "04_facemint", "t", "actmax_seeds", "seeds"))

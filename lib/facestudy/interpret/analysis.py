@@ -228,3 +228,151 @@ def study_model(name: str, checkpoint: str = ""):
         raise DataError(f"{path}: {len(missing)} weights missing for iresnet100 (e.g. {missing[:3]}); supply an "
                         "arcface_torch IResNet-100 state dict")
     return model.eval()
+
+
+# ------------------------------------------------------------------------------ v2: splits, controls, claims
+def identity_groups(meta: pd.DataFrame) -> np.ndarray:
+    """One group id per image for identity-grouped splits (chapter 4): ``<dataset>:<identity>``.
+
+    Images without a known identity (UTKFace's ``"unknown"``, empty or -1) are each their own group: they
+    are *not* one identity (counting them as one would put all of UTKFace on one side of every split)."""
+    n = len(meta)
+    ds = meta["dataset"].astype(str).to_numpy() if "dataset" in meta.columns else np.full(n, "set")
+    ident = meta["identity"].astype(str).to_numpy() if "identity" in meta.columns else np.full(n, "unknown")
+    unknown = np.isin(ident, ["unknown", "", "-1", "nan", "None"])
+    groups = np.char.add(np.char.add(ds.astype(str), ":"), ident.astype(str))
+    groups[unknown] = np.char.add(np.char.add(ds[unknown].astype(str), ":img"), np.flatnonzero(unknown).astype(str))
+    return groups
+
+
+def group_split(groups: Sequence, fractions: dict[str, float], seed: int = 0) -> dict[str, np.ndarray]:
+    """Split row indices into named parts with no group (identity) in two parts (chapter 4).
+
+    Groups are shuffled (seeded) and assigned greedily so that each part's image count approaches its
+    fraction; fractions are normalised. Returns sorted index arrays per part name."""
+    if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
+        raise ParameterError(f"group_split: fractions must be >= 0 with a positive sum, got {fractions}")
+    g = np.asarray(groups)
+    uniq, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    total = float(sum(fractions.values()))
+    names = list(fractions)
+    bounds = np.cumsum([fractions[k] / total for k in names]) * len(g)
+    cum = np.cumsum(counts[order]) - counts[order] / 2.0  # group midpoints along the shuffled order
+    part_of_group = np.empty(len(uniq), dtype=np.int64)
+    part_of_group[order] = np.searchsorted(bounds, cum, side="right").clip(0, len(names) - 1)
+    part = part_of_group[inv]
+    return {k: np.flatnonzero(part == i) for i, k in enumerate(names)}
+
+
+def border_fraction(images: np.ndarray, frame: int = 8, dark: int = 8) -> np.ndarray:
+    """Fraction of the outer ``frame``-pixel ring that is (near-)black, per image: the padding an alignment
+    warp adds where the source crop ends (UTKFace's tight crops). A dataset artefact, not a face concept."""
+    imgs = np.asarray(images)
+    if imgs.ndim != 4:
+        raise ParameterError(f"border_fraction: images must be (N, H, W, 3), got {imgs.shape}")
+    h, w = imgs.shape[1:3]
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:frame], ring[-frame:], ring[:, :frame], ring[:, -frame:] = True, True, True, True
+    out = np.empty(len(imgs))
+    for i in range(0, len(imgs), 1024):
+        black = (imgs[i:i + 1024].max(axis=-1) <= dark)
+        out[i:i + 1024] = black[:, ring].mean(1)
+    return out
+
+
+def validated_alignment(codes: torch.Tensor | np.ndarray, labels: pd.DataFrame, discovery: np.ndarray,
+                        validation: np.ndarray, min_positives: int = 10, two_sided: bool = True
+                        ) -> pd.DataFrame:
+    """Non-circular label alignment (chapter 4, F3): per label, the unit (and its sign) with the best
+    two-sided AUROC on the ``discovery`` rows, scored on the disjoint ``validation`` rows
+    (``two_sided=False``: only units that fire *for* the label, the sense an ablation needs).
+
+    Columns: ``unit``, ``sign`` (+1: high activation = label), ``disc`` (discovery score), ``val`` (validation
+    AUROC in the chosen direction; 0.5 = chance, < 0.5 = the direction flipped), ``n_pos`` (validation
+    positives). Labels too rare on either split are dropped."""
+    c = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+    disc = auroc_matrix(c[discovery], labels.iloc[discovery], min_positives)
+    val_lab = labels.iloc[validation]
+    rows = []
+    for name in disc.columns:
+        a = disc[name].to_numpy()
+        s = np.maximum(a, 1 - a) if two_sided else a
+        unit = int(s.argmax())
+        sign = 1 if a[unit] >= 0.5 else -1
+        v = auroc_matrix(c[validation][:, [unit]] * sign, val_lab[[name]], min_positives)
+        if name not in v.columns:
+            continue
+        y = val_lab[name].to_numpy(dtype=float)
+        rows.append({"label": name, "unit": unit, "sign": sign, "disc": float(s[unit]),
+                     "val": float(v[name].iloc[0]), "n_pos": int(np.nansum(y > 0.5))})
+    return pd.DataFrame(rows).set_index("label") if rows else pd.DataFrame(
+        columns=["unit", "sign", "disc", "val", "n_pos"])
+
+
+def bimodality(density: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Shape of a Fig.-3 density histogram (chapter 4, F1): a two-component Gaussian mixture on log10 of
+    the alive latents' densities (sklearn), with Ashman's D = sqrt(2)|mu1 - mu2| / sqrt(s1^2 + s2^2)
+    (D > 2: two clearly separated modes), the sparse and dense modes' centres (densities), the sparse mode's
+    weight, and BIC(1 component) - BIC(2) (> 0 favours two)."""
+    from sklearn.mixture import GaussianMixture
+
+    d = np.asarray(density, dtype=float)
+    alive = d[d > 0]
+    out = {"alive": float(len(alive)), "dead": float((d <= 0).sum())}
+    if len(alive) < 10 or np.ptp(np.log10(alive)) == 0:
+        return {**out, "ashman_d": float("nan"), "sparse_mode": float("nan"), "dense_mode": float("nan"),
+                "sparse_weight": float("nan"), "dbic": float("nan")}
+    z = np.log10(alive)[:, None]
+    g1 = GaussianMixture(1, random_state=seed).fit(z)
+    g2 = GaussianMixture(2, random_state=seed, n_init=3).fit(z)
+    mu = g2.means_.ravel()
+    sd = np.sqrt(g2.covariances_.ravel())
+    lo, hi = int(mu.argmin()), int(mu.argmax())
+    return {**out, "ashman_d": float(np.sqrt(2) * abs(mu[hi] - mu[lo]) / np.sqrt(sd[lo] ** 2 + sd[hi] ** 2)),
+            "sparse_mode": float(10 ** mu[lo]), "dense_mode": float(10 ** mu[hi]),
+            "sparse_weight": float(g2.weights_[lo]), "dbic": float(g1.bic(z) - g2.bic(z))}
+
+
+def ev_at_l0(l0: Sequence[float], ev: Sequence[float], target: float) -> float:
+    """Explained variance at ``target`` L0, interpolated linearly in log L0 along one family's grid
+    (chapter 4, F2); NaN outside the grid's L0 range (no extrapolation)."""
+    l0, ev = np.asarray(l0, dtype=float), np.asarray(ev, dtype=float)
+    ok = np.isfinite(l0) & np.isfinite(ev) & (l0 > 0)
+    l0, ev = l0[ok], ev[ok]
+    if len(l0) == 0 or target < l0.min() or target > l0.max():
+        return float("nan")
+    order = np.argsort(l0)
+    return float(np.interp(np.log(target), np.log(l0[order]), ev[order]))
+
+
+def pick_best(grid: pd.DataFrame, ev_target: float, ev_col: str = "EV") -> pd.Series:
+    """The sparsest run whose ``ev_col`` reaches ``ev_target`` (else the run with the highest EV)."""
+    ok = grid[grid[ev_col] >= ev_target]
+    return ok.loc[ok["L0"].idxmin()] if len(ok) else grid.loc[grid[ev_col].idxmax()]
+
+
+def grid_seeds(x: torch.Tensor, runs: Sequence[tuple[str, dict]], seeds: Sequence[int], *, steps: int,
+               batch_size: int, evals: dict[str, torch.Tensor], expansion: int = 4,
+               device: str | torch.device = "cpu") -> tuple[pd.DataFrame, dict[tuple[str, int], Any]]:
+    """:func:`grid_search` repeated over SAE ``seeds`` (initialisation and batch order), with every run's
+    metrics on each held-out set of ``evals`` (columns ``<metric>`` for the first set, ``<set>_<metric>``
+    for the others) and ``EV_train``. Returns (one row per run x seed, {(run name, seed): SAE})."""
+    if not evals:
+        raise ParameterError("grid_seeds needs at least one held-out set in evals")
+    names = list(evals)
+    frames, models = [], {}
+    for s in seeds:
+        grid, trained = grid_search(x, runs, steps=steps, batch_size=batch_size, seed=int(s),
+                                    expansion=expansion, x_eval=evals[names[0]], device=device)
+        grid["seed"] = int(s)
+        grid["resampled"] = [trained[n].final.get("resampled", 0.0) for n in grid["name"]]
+        grid["seconds"] = [trained[n].seconds for n in grid["name"]]
+        for other in names[1:]:
+            extra = pd.DataFrame([saes.train.evaluate(trained[n].sae, evals[other]) for n in grid["name"]])
+            for col in extra.columns:
+                grid[f"{other}_{col}"] = extra[col].to_numpy()
+        for n in grid["name"]:
+            models[(n, int(s))] = trained[n].sae
+        frames.append(grid)
+    return pd.concat(frames, ignore_index=True), models

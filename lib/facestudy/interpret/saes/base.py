@@ -40,6 +40,10 @@ class SAEConfig:
     lr_warmup: int = 100
     sparsity_warmup: int = 0
     seed: int = 0
+    #: dead-latent resampling (dictionary_learning / Bricken et al.): every ``resample_every`` steps the
+    #: latents that did not fire in that window are re-initialised towards badly reconstructed inputs
+    #: (0 = off; TopK uses its AuxK loss instead)
+    resample_every: int = 0
 
     kind: ClassVar[str] = "base"
 
@@ -55,6 +59,8 @@ class SAEConfig:
                                  "(set expansion or n_latents)")
         if self.lr <= 0:
             raise ParameterError(f"SAE config: lr must be > 0, got {self.lr}")
+        if self.resample_every < 0:
+            raise ParameterError(f"SAE config: resample_every must be >= 0, got {self.resample_every}")
         if self.input_norm not in ("sqrt_d", "unit", "none"):
             raise ParameterError(f"SAE config: input_norm must be 'sqrt_d', 'unit' or 'none', "
                                  f"got {self.input_norm!r}")
@@ -164,6 +170,43 @@ class BaseSAE(nn.Module):
 
     def init_from_data(self, x: torch.Tensor) -> None:
         """Data-dependent initialisation (default: nothing). ``x`` are raw inputs, already scaled."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups (each with its own ``lr``); one group by default."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    #: name of the encoder weight (rows = latents) that :meth:`resample_` re-initialises
+    encoder_name: str = "W_enc"
+
+    @torch.no_grad()
+    def resample_(self, dead: torch.Tensor, xs: torch.Tensor, generator: torch.Generator | None = None
+                  ) -> dict[str, torch.Tensor]:
+        """Re-initialise ``dead`` latents (bool (M,)) from scaled inputs ``xs`` (dictionary_learning's recipe):
+        inputs are drawn with probability proportional to their squared reconstruction error; the decoder
+        column becomes the (centred) input, normalised; the encoder row the same direction times 0.2 x the
+        mean norm of the alive encoder rows; the latent's encoder bias 0. Returns the touched parameters and
+        the latent indices so the trainer can reset their optimiser state."""
+        idx = torch.nonzero(dead).flatten()
+        if len(idx) == 0 or len(xs) == 0:
+            return {}
+        f, _ = self._encode(xs)
+        err = (xs - self.decode_scaled(f)).pow(2).sum(-1).clamp_min(1e-12)
+        pick = torch.multinomial(err.cpu(), len(idx), replacement=len(idx) > len(xs),
+                                 generator=generator).to(xs.device)
+        v = xs[pick] - self.b_dec
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        enc = getattr(self, self.encoder_name)
+        alive = ~dead
+        scale = 0.2 * (enc[alive].norm(dim=1).mean() if alive.any() else torch.tensor(1.0))
+        self.W_dec[:, idx] = v.T * (self.W_dec[:, alive].norm(dim=0).mean() if not self.unit_norm_decoder
+                                   and alive.any() else 1.0)
+        enc[idx] = v * scale
+        touched = {self.encoder_name: idx, "W_dec": idx}
+        for bias in ("b_enc", "b_gate", "b_mag", "r_mag"):
+            if hasattr(self, bias):
+                getattr(self, bias)[idx] = 0.0
+                touched[bias] = idx
+        return touched
 
     @property
     def decoder_norms(self) -> torch.Tensor:

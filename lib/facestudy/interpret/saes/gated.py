@@ -37,6 +37,8 @@ class GatedConfig(SAEConfig):
 class GatedSAE(BaseSAE):
     """Gated SAE with weight-tied gate/magnitude encoders and a frozen-decoder auxiliary loss (chapter 4)."""
 
+    encoder_name = "W_gate"
+
     def __init__(self, config: GatedConfig):
         super().__init__(config)
         m = config.m

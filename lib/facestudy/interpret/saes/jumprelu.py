@@ -92,6 +92,9 @@ class JumpReLUConfig(SAEConfig):
     bandwidth: float = 1e-3
     theta0: float = 1e-3
     apply_b_dec_to_input: bool = False
+    #: learning-rate multiplier of log(theta): the paper's thresholds move over ~10^5 steps at lr 7e-5; with a
+    #: few thousand steps they need a larger step to leave theta0 at all (1.0 = the paper's single lr)
+    threshold_lr_mult: float = 1.0
     input_norm: str = "unit"
     betas: tuple[float, float] = (0.0, 0.999)
 
@@ -102,6 +105,8 @@ class JumpReLUConfig(SAEConfig):
         if self.bandwidth <= 0 or self.theta0 <= 0:
             raise ParameterError(f"JumpReLUConfig: bandwidth and theta0 must be > 0, got "
                                  f"{self.bandwidth}, {self.theta0}")
+        if self.threshold_lr_mult <= 0:
+            raise ParameterError(f"JumpReLUConfig.threshold_lr_mult must be > 0, got {self.threshold_lr_mult}")
         if self.l0_coeff < 0:
             raise ParameterError(f"JumpReLUConfig.l0_coeff must be >= 0, got {self.l0_coeff}")
 
@@ -115,6 +120,11 @@ class JumpReLUSAE(BaseSAE):
         self.W_enc = nn.Parameter(self.W_dec.detach().T.clone())
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.log_threshold = nn.Parameter(torch.full((m,), math.log(config.theta0)))
+
+    def param_groups(self, lr: float) -> list[dict]:
+        rest = [p for n, p in self.named_parameters() if n != "log_threshold"]
+        return [{"params": rest, "lr": lr},
+                {"params": [self.log_threshold], "lr": lr * self.config.threshold_lr_mult}]
 
     @property
     def threshold(self) -> torch.Tensor:

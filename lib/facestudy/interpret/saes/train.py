@@ -76,7 +76,12 @@ def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: fl
         sae.init_from_data((x * sae.input_scale.cpu()).to(device))
         sae.after_step()
     base_lr = lr if lr is not None else cfg.lr
-    opt = torch.optim.Adam(sae.parameters(), lr=base_lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    opt = torch.optim.Adam(sae.param_groups(base_lr), lr=base_lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
+    every = int(getattr(cfg, "resample_every", 0) or 0)
+    fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=device)
+    resampled = 0
     g = torch.Generator().manual_seed(seed)
     n = len(x)
     bs = min(batch_size, n)
@@ -93,7 +98,7 @@ def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: fl
         pos += bs
         warm = min(1.0, (it + 1) / cfg.lr_warmup) if cfg.lr_warmup > 0 else 1.0
         for group in opt.param_groups:
-            group["lr"] = base_lr * warm
+            group["lr"] = group["base_lr"] * warm
         sp = min(1.0, (it + 1) / cfg.sparsity_warmup) if cfg.sparsity_warmup > 0 else 1.0
         loss, parts = sae.loss(xb, sparsity_scale=sp)
         if not torch.isfinite(loss):
@@ -104,13 +109,44 @@ def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: fl
         sae.before_step()
         opt.step()
         sae.after_step()
+        if every:
+            with torch.no_grad():
+                fired |= (sae.encode(xb) > 0).any(0)
+            if (it + 1) % every == 0 and it + 1 < steps:
+                dead = ~fired
+                if dead.any():
+                    pool = x[torch.randint(0, n, (min(n, 4 * bs),), generator=g)].to(device)
+                    touched = sae.resample_(dead, pool * sae.input_scale, generator=g)
+                    _reset_adam_rows(opt, sae, touched)
+                    resampled += int(dead.sum())
+                fired.zero_()
         if it % log_every == 0 or it == steps - 1:
             rows.append({"step": it, "loss": float(loss.detach()), **parts})
     seconds = time.perf_counter() - t0
     sae.eval()
     final = evaluate(sae, x.to(device))
+    final["resampled"] = float(resampled)
     return TrainResult(sae=sae.cpu(), history=pd.DataFrame(rows), seconds=seconds, inputs_seen=steps * bs,
                        final=final)
+
+
+@torch.no_grad()
+def _reset_adam_rows(opt: torch.optim.Optimizer, sae: BaseSAE, touched: dict[str, torch.Tensor]) -> None:
+    """Zero Adam's moments of the resampled latents' rows / columns (dictionary_learning resets them too)."""
+    params = dict(sae.named_parameters())
+    for name, idx in touched.items():
+        p = params.get(name)
+        state = opt.state.get(p) if p is not None else None
+        if not state:
+            continue
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = state.get(key)
+            if t is None:
+                continue
+            if name == "W_dec":
+                t[:, idx] = 0.0
+            else:
+                t[idx] = 0.0
 
 
 @torch.no_grad()

@@ -1,0 +1,116 @@
+"""Chapter 4 v2 (FaceMINT): identity splits, border control, validated alignment, density shape,
+frontier interpolation, dead-latent resampling and JumpReLU threshold learning (all fast)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from facestudy.errors import ParameterError
+from facestudy.interpret import analysis, saes
+
+
+def test_identity_groups_unknown_is_not_one_identity():
+    meta = pd.DataFrame({"dataset": ["utkface"] * 3 + ["lfw"] * 2 + ["celeba10k"],
+                         "identity": ["unknown"] * 3 + ["A", "A", "A"]})
+    g = analysis.identity_groups(meta)
+    assert len(set(g[:3])) == 3  # three UTK images, three groups
+    assert g[3] == g[4] and g[3] != g[5]  # same name in two datasets is not the same group
+
+
+def test_group_split_is_disjoint_sized_and_seeded():
+    groups = np.repeat(np.arange(200), np.random.default_rng(0).integers(1, 6, 200))
+    parts = analysis.group_split(groups, {"train": 0.6, "disc": 0.2, "val": 0.2}, seed=1)
+    allidx = np.concatenate(list(parts.values()))
+    assert sorted(allidx.tolist()) == list(range(len(groups)))
+    sets = {k: set(groups[v]) for k, v in parts.items()}
+    assert not (sets["train"] & sets["val"]) and not (sets["disc"] & sets["val"]) and not (sets["train"] & sets["disc"])
+    assert abs(len(parts["train"]) / len(groups) - 0.6) < 0.05
+    again = analysis.group_split(groups, {"train": 0.6, "disc": 0.2, "val": 0.2}, seed=1)
+    assert all(np.array_equal(parts[k], again[k]) for k in parts)
+    with pytest.raises(ParameterError):
+        analysis.group_split(groups, {})
+
+
+def test_border_fraction_sees_black_padding_only():
+    img = np.full((2, 32, 32, 3), 120, np.uint8)
+    img[1, :, :6] = 0  # a black band on the left of the second image
+    b = analysis.border_fraction(img, frame=4)
+    assert b[0] == 0 and 0.2 < b[1] < 0.5
+
+
+def test_validated_alignment_chooses_on_discovery_and_scores_on_validation():
+    rng = np.random.default_rng(0)
+    n = 600
+    y = (rng.random(n) < 0.4).astype(float)
+    codes = rng.normal(size=(n, 5))
+    codes[:, 3] -= 2.0 * y  # unit 3 is LOW for the label: sign -1
+    disc, val = np.arange(300), np.arange(300, 600)
+    lab = pd.DataFrame({"attr": y})
+    a = analysis.validated_alignment(codes, lab, disc, val)
+    assert a.loc["attr", "unit"] == 3 and a.loc["attr", "sign"] == -1 and a.loc["attr", "val"] > 0.8
+    # noise only: whatever unit discovery picks, validation is near chance (no optimism carried over)
+    noise = analysis.validated_alignment(rng.normal(size=(n, 200)), lab, disc, val)
+    assert noise.loc["attr", "disc"] > noise.loc["attr", "val"]
+    assert abs(noise.loc["attr", "val"] - 0.5) < 0.12
+    one = analysis.validated_alignment(codes, lab, disc, val, two_sided=False)
+    assert one.loc["attr", "sign"] == 1 and one.loc["attr", "unit"] != 3
+
+
+def test_bimodality_separates_two_clusters_from_one():
+    rng = np.random.default_rng(0)
+    two = np.concatenate([10 ** rng.normal(-1, 0.15, 300), 10 ** rng.normal(-3, 0.15, 100), np.zeros(5)])
+    one = 10 ** rng.normal(-1.5, 0.4, 400)
+    b2, b1 = analysis.bimodality(two), analysis.bimodality(one)
+    assert b2["ashman_d"] > 2 > b1["ashman_d"]
+    assert b2["sparse_mode"] == pytest.approx(1e-3, rel=0.3) and b2["dead"] == 5
+    assert np.isnan(analysis.bimodality(np.zeros(20))["ashman_d"])
+
+
+def test_ev_at_l0_interpolates_in_log_l0_without_extrapolating():
+    assert analysis.ev_at_l0([4, 16, 64], [0.5, 0.7, 0.9], 8) == pytest.approx(0.6)
+    assert np.isnan(analysis.ev_at_l0([4, 16], [0.5, 0.7], 100))
+    grid = pd.DataFrame({"L0": [5.0, 20.0, 50.0], "EV": [0.7, 0.92, 0.97]})
+    assert analysis.pick_best(grid, 0.9)["L0"] == 20.0
+    assert analysis.pick_best(grid, 0.99)["L0"] == 50.0
+
+
+def test_resampling_revives_dead_latents_and_is_counted():
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    sae = saes.create("vanilla", d_in=8, n_latents=16, lr=1e-2, resample_every=10)
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)  # every latent dead from the start
+    res = saes.train_sae(sae, x, steps=25, batch_size=64)
+    assert res.final["resampled"] >= 16
+    assert res.final["alive_%"] > 0
+    g = saes.create("gated", d_in=8, n_latents=16, resample_every=10)
+    with torch.no_grad():
+        g.b_gate.fill_(-100.0)
+    assert saes.train_sae(g, x, steps=15, batch_size=64).final["resampled"] >= 16
+    with pytest.raises(ParameterError):
+        saes.create("vanilla", resample_every=-1)
+
+
+def test_jumprelu_thresholds_move_with_lambda():
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(1024, 16) + 0.3, dim=1)
+    l0 = {}
+    for lam in (0.0, 1.0):
+        sae = saes.create("jumprelu", d_in=16, n_latents=32, l0_coeff=lam, bandwidth=0.05, theta0=0.05,
+                          threshold_lr_mult=10.0, input_norm="sqrt_d", lr=3e-3)
+        res = saes.train_sae(sae, x, steps=150, batch_size=128)
+        l0[lam] = res.final["L0"]
+    assert l0[1.0] < 0.7 * l0[0.0], l0
+    groups = saes.create("jumprelu", threshold_lr_mult=5.0).param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, 5e-3]
+
+
+def test_grid_seeds_reports_each_eval_set_and_seed():
+    x = torch.randn(200, 8)
+    grid, models = analysis.grid_seeds(x, [("topk", {"k": 2})], [0, 1], steps=3, batch_size=32,
+                                       evals={"disc": x[:50], "val": x[50:100]}, expansion=2)
+    assert list(grid["seed"]) == [0, 1] and "val_EV" in grid and len(models) == 2
+    with pytest.raises(ParameterError):
+        analysis.grid_seeds(x, [("topk", {"k": 2})], [0], steps=1, batch_size=8, evals={})
