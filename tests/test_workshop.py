@@ -182,3 +182,16 @@ def test_bootstrap_installs_facestudy_into_a_fresh_kernel(tmp_path):
     assert f"installing it from {ROOT}" in first
     assert "SYNTHETIC FACE WORLD" in first and "FACESTUDY_DATA" in first
     assert list(Path(site).glob("facestudy-*.dist-info")), "installed into the fresh environment itself"
+
+
+def test_book_drops_the_notebooks_own_section_numbers():
+    """book/_ext/heading_numbers.py: "## 1. The pieces" renders as "3.1. The pieces", not "3.1. 1. The pieces"."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        from heading_numbers import strip_number
+    finally:
+        sys.path.remove(str(ROOT / "book" / "_ext"))
+    assert strip_number("1. The pieces") == "The pieces"
+    assert strip_number("6.2. Results") == strip_number("6.2 Results") == "Results"
+    for keep in ("2026 results", "3D faces", "The 5 landmarks", "1.", "Claims"):
+        assert strip_number(keep) == keep
