@@ -5,8 +5,8 @@ its checkpoint with one or two processes to the same weights.
 The model has no BatchNorm on purpose: BatchNorm statistics are computed per rank (per half batch), so a
 BN model is *not* expected to match one process exactly (use SyncBatchNorm for that). The processes meet
 through a file store in the test's temp folder (no network port). Tolerance: 2e-5 absolute on every
-weight after 12 SGD steps (measured: 4.8e-6 with weights up to ~1: float32 rounding of the two half-batch
-gradient means averaged instead of one full-batch mean, carried through 12 steps).
+weight after 12 SGD steps (measured: 4.8e-6, the largest weight being 40, i.e. 1.2e-7 relative: float32
+rounding of two half-batch gradient means averaged instead of one full-batch mean, carried through 12 steps).
 """
 from __future__ import annotations
 
@@ -73,9 +73,10 @@ def _weights(model, head) -> dict[str, torch.Tensor]:
             **{f"h.{k}": v.detach().clone() for k, v in head.state_dict().items()}}
 
 
-def _run(ckpt, kill=None):
+def _run(ckpt, kill=None, every=None):
     model, head = _fresh()
-    hist = train.fit(model, head, _faces(), checkpoint=ckpt, extra_loss=_killer(kill), **RECIPE)
+    hist = train.fit(model, head, _faces(), checkpoint=ckpt, extra_loss=_killer(kill), checkpoint_every=every,
+                     **RECIPE)
     return _weights(model, head), hist
 
 
@@ -96,6 +97,8 @@ def _worker(rank: int, world: int, folder: str) -> None:
         for name in ("again", "for_one"):
             with pytest.raises(Killed):
                 _run(f"{folder}/{name}.pt", kill=KILL_STEP)
+        with pytest.raises(Killed):  # with a mid-epoch checkpoint after step 5 (epoch 1, batch 1)
+            _run(f"{folder}/mid.pt", kill=KILL_STEP + 1, every=5)
         out["resumed_2_2"], _ = _run(f"{folder}/again.pt")
         out["resumed_1_2"], _ = _run(f"{folder}/one_half.pt")
         model, head = _fresh()
@@ -138,6 +141,32 @@ def test_two_gloo_processes_match_one_and_resume_with_any_world_size(tmp_path):
     assert _max_gap(ref, w) < TOL
     assert len(hist.steps) == 12
     np.testing.assert_allclose([s["loss"] for s in hist.steps], ref_loss, rtol=1e-5)
+    state = torch.load(tmp_path / "mid.pt", weights_only=True)  # killed with 2 inside epoch 1, after step 5
+    assert state["partial"]["epoch"] == 1 and state["partial"]["batch"] == 1 and state["step"] == 5
+    w, hist = _run(tmp_path / "mid.pt", every=5)  # ... resumed there with 1 process
+    assert _max_gap(ref, w) < TOL and len(hist.steps) == 12
+
+
+def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, monkeypatch):
+    """``checkpoint_every``: a run killed inside an epoch resumes at its last saved step with the random
+    states of that step (the flips of the remaining batches), bit for bit on one CPU process."""
+    ref, ref_hist = _run(tmp_path / "ref.pt")
+    with pytest.raises(Killed):
+        _run(tmp_path / "mid.pt", kill=KILL_STEP + 1, every=3)  # saved after step 6: epoch 1, batch 2
+    state = torch.load(tmp_path / "mid.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["partial"]["epoch"], state["partial"]["batch"]) == (0, 6, 1, 2)
+    saved = tmp_path / "mid_copy.pt"
+    saved.write_bytes((tmp_path / "mid.pt").read_bytes())
+    w, hist = _run(tmp_path / "mid.pt", every=3)
+    assert _max_gap(ref, w) == 0.0
+    assert [s["loss"] for s in hist.steps] == [s["loss"] for s in ref_hist.steps]
+    assert "partial" not in torch.load(tmp_path / "mid.pt", weights_only=True)  # finished: a plain checkpoint
+    # control: without restoring the random states the remaining flips differ, and so do the weights
+    monkeypatch.setattr(train, "_set_rng_state", lambda *a: None)
+    w, _ = _run(saved, every=3)
+    assert _max_gap(ref, w) > 1e-6
+    with pytest.raises(ParameterError, match="checkpoint_every"):
+        _run(tmp_path / "x.pt", every=0)
 
 
 def test_distributed_is_single_process_without_torchrun(monkeypatch):

@@ -29,6 +29,7 @@ import hashlib
 import inspect
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,28 @@ def _check_same_resume(dist: Dist, epoch: int, step: int, dev: torch.device, pat
                            f"FACESTUDY_CACHE on a filesystem all nodes share")
 
 
+def _rng_state(dev: torch.device) -> dict[str, Any]:
+    """The global random states (python, numpy, torch, CUDA) as tensors and plain types (a mid-epoch
+    checkpoint: augmentation draws continue as in an uninterrupted run)."""
+    version, ints, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": torch.tensor(ints, dtype=torch.int64), "python_version": version, "python_gauss": gauss,
+           "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": int(pos),
+           "numpy_has_gauss": int(has_gauss), "numpy_gauss": float(cached), "torch": torch.get_rng_state()}
+    if dev.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(dev)
+    return out
+
+
+def _set_rng_state(st: dict[str, Any], dev: torch.device) -> None:
+    random.setstate((int(st["python_version"]), tuple(int(v) for v in st["python"].tolist()), st["python_gauss"]))
+    np.random.set_state(("MT19937", st["numpy"].cpu().numpy().astype(np.uint32), int(st["numpy_pos"]),
+                         int(st["numpy_has_gauss"]), float(st["numpy_gauss"])))
+    torch.set_rng_state(st["torch"].cpu())
+    if dev.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"].cpu(), dev)
+
+
 def _run_callbacks(callbacks: Sequence[Callable], epoch: int, model: torch.nn.Module, history: History,
                    dist: Dist) -> dict[str, Any]:
     """Run the callbacks (on rank 0 only in a distributed run) -> their merged records. Rank 0's records, or
@@ -304,7 +327,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
         extra_loss: Callable | None = None, grad_clip: float | None = None, checkpoint: str | Path | None = None,
         callbacks: Sequence[Callable] = (), eval_every: int | None = None, seed: int = 0, progress: bool = True,
         max_steps: int | None = None, drop_last: bool = True, amp: bool | None = None,
-        repeat_prob: float = 0.0) -> History:
+        repeat_prob: float = 0.0, checkpoint_every: int | None = None) -> History:
     """Train ``model`` (+ ``head``) on ``faceset``; returns the :class:`History` (chapter 0b).
 
     ``repeat_prob`` > 0 orders each epoch with :func:`repeated_order` (§1.7's repeated augmentation, 0.1
@@ -320,7 +343,12 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     ``callbacks`` (they must not change the weights; their records and errors reach every rank), shows
     progress and writes the checkpoint, which holds nothing world-size specific: a run resumes from it with
     any number of processes. On a GPU autocast uses bfloat16 when supported (float16 with loss scaling
-    otherwise); a CPU run is plain float32."""
+    otherwise); a CPU run is plain float32.
+
+    ``checkpoint_every`` (steps) also saves inside an epoch, with the random states, so a killed run of
+    long epochs (MS1M: hours each) resumes at its last such step and continues exactly as it would have."""
+    if checkpoint_every is not None and int(checkpoint_every) < 1:
+        raise ParameterError(f"checkpoint_every must be a positive number of steps (or None), got {checkpoint_every}")
     if not 0.0 <= float(repeat_prob) < 1.0:
         raise ParameterError(f"repeat_prob must be in [0, 1), got {repeat_prob}")
     if schedule not in SCHEDULES:
@@ -379,6 +407,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     start_epoch, step = 0, 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     state = load_checkpoint(ckpt, map_location=dev) if ckpt is not None else None
+    resume_batch, resume_rng = 0, None  # a mid-epoch checkpoint: the next batch and the random states
     if state is not None:
         fresh = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, head) if m is not None]
         fresh_opt, fresh_scaler = copy.deepcopy(opt.state_dict()), copy.deepcopy(scaler.state_dict())
@@ -391,6 +420,9 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                 scaler.load_state_dict(state["scaler"])
             history = History(**state["history"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+            if state.get("partial"):
+                part = state["partial"]
+                start_epoch, resume_batch, resume_rng = int(part["epoch"]), int(part["batch"]), part["rng"]
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:  # foreign/damaged
             from .data.store import _warn_rebuild
 
@@ -400,6 +432,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
             opt.load_state_dict(fresh_opt)
             scaler.load_state_dict(fresh_scaler)
             history, start_epoch, step = History(), 0, 0
+            resume_batch, resume_rng = 0, None
     fwd_model, fwd_head = model, head
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -416,6 +449,13 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
     aug_kp = augment is not None and "keypoints" in inspect.signature(augment).parameters
     images_np = faceset.images
     hw = images_np.shape[1:3]
+
+    def save(done_epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """Checkpoint after ``done_epoch`` (+ the ``partial`` next one: its next batch and random states)."""
+        _atomic_save({"model": model.state_dict(), "head": head.state_dict() if head is not None else None,
+                      "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "history": history.state(),
+                      "epoch": done_epoch, "step": step, **({"partial": partial} if partial else {})}, ckpt)
+
     bar = None
     if progress and dist.main:
         from tqdm.auto import tqdm
@@ -432,7 +472,10 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
             if head is not None:
                 head.train()
             t0 = time.perf_counter()
-            for b in range(steps_per_epoch):
+            first = resume_batch if epoch == start_epoch else 0
+            if first and resume_rng is not None:
+                _set_rng_state(resume_rng, dev)
+            for b in range(first, steps_per_epoch):
                 if step >= total:
                     break
                 idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
@@ -494,6 +537,9 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{cur_lr:.2g}")
+                if (ckpt is not None and checkpoint_every and step % int(checkpoint_every) == 0 and dist.main
+                        and b + 1 < steps_per_epoch and step < total):  # (the epoch's end is saved below)
+                    save(epoch - 1, {"epoch": epoch, "batch": b + 1, "rng": _rng_state(dev)})
             record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                       "loss": float(np.mean([s["loss"] for s in history.steps
                                                              if s["epoch"] == epoch] or [np.nan]))}
@@ -503,9 +549,7 @@ def fit(model: torch.nn.Module, head: torch.nn.Module | None, faceset: Any, *, e
                 model.train()
             history.epochs.append(record)
             if ckpt is not None and dist.main:
-                _atomic_save({"model": model.state_dict(), "head": head.state_dict() if head is not None else None,
-                              "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                              "history": history.state(), "epoch": epoch, "step": step}, ckpt)
+                save(epoch)
     finally:
         if bar is not None:
             bar.close()
