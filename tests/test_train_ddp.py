@@ -185,7 +185,8 @@ def test_facestudy_train_leaves_the_checkpoint_the_notebook_arm_loads(tmp_path, 
 
     monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    rc = train_cli.main(["00a", "world-fr", "--profile", "smoke", "--device", "cpu", "--quiet"])
+    rc = train_cli.main(["00a", "world-fr", "--profile", "smoke", "--device", "cpu", "--quiet",
+                         "--checkpoint-every", "1"])
     assert rc == 0
     arm = arms.build("00a_faceworld", "world-fr", "smoke", seed=0)  # what the notebook cell builds
     assert str(arm.checkpoint) in capsys.readouterr().out and arm.checkpoint.is_file()
@@ -210,6 +211,7 @@ def test_facestudy_train_refuses_bad_requests(capsys):
     assert train_cli.main(["00a", "world-fr", "--profile", "huge"]) == 2
     assert train_cli.main(["00a", "world-fr", "--set", "fr_lrr=1"]) == 2
     assert "unknown setting" in capsys.readouterr().err
+    assert train_cli.main(["00a", "world-fr", "--checkpoint-every", "0"]) == 2
 
 
 @pytest.mark.slow  # torchrun + two python processes importing torch: ~30 s of wall on a busy 2-core machine

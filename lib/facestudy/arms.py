@@ -33,11 +33,12 @@ class Arm:
     fit_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def fit(self, **kw: Any):
-        """Train (or resume, or load when finished) into :attr:`checkpoint`; ``kw`` overrides ``device``,
-        ``progress``, ``callbacks`` and the like, never the recipe (that would break the cache key)."""
+        """Train (or resume, or load when finished) into :attr:`checkpoint`; ``kw`` sets what does not shape
+        the weights (``device``, ``progress``, ``callbacks``, ``checkpoint_every``), never the recipe (that
+        would break the cache key)."""
         from . import train
 
-        recipe = {k for k in kw if k in self.fit_kwargs and k not in ("device", "progress", "callbacks")}
+        recipe = {k for k in kw if k in self.fit_kwargs}
         if recipe:
             raise ParameterError(f"arm {self.chapter}/{self.name}: {', '.join(sorted(recipe))} belong to the "
                                  f"recipe (and its cache key); change them in the profile table instead")

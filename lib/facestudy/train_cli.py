@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", default="0", help="the chapter's seed parameter (default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile-table setting (YAML)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: each rank's LOCAL_RANK GPU)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also checkpoint inside epochs every STEPS steps (a killed run resumes there)")
     p.add_argument("--list", action="store_true", help="list the trainable arms and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -47,6 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for name in arms.names():
             print(f"  {name}")
         return 0 if args.list else 2
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ParameterError(f"--checkpoint-every must be a positive number of steps, got {args.checkpoint_every}")
     if not args.arm:
         raise ParameterError(f"facestudy train needs an arm after the chapter; arms: {'; '.join(arms.names())}")
     (ch, typed, over), = runner.plan(args.chapter, args.profile, {"seed": args.seed, "device": args.device},
@@ -67,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"{len(arm.faceset)} images, {kw['epochs']} epochs, global batch {kw['batch_size']} over "
                   f"{dist.world} process(es); checkpoint {arm.checkpoint}", flush=True)
         t0 = time.perf_counter()
-        hist = arm.fit(device=device, progress=not args.quiet and dist.main)
+        hist = arm.fit(device=device, progress=not args.quiet and dist.main, checkpoint_every=args.checkpoint_every)
         if dist.main:
             print(f"done in {time.perf_counter() - t0:.0f} s: {len(hist.steps)} steps, last loss "
                   f"{hist.last_loss:.4f}; {arm.checkpoint} holds the weights - `facestudy run {ch.id} --profile "
