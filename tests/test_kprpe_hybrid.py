@@ -83,3 +83,35 @@ def test_training_copy_flips_swap_left_and_right():
     assert (moved[:, 0, 0] < moved[:, 1, 0]).all()
     flipped = np.abs(moved[:, 0, 0] - kp[:, 0, 0]) > 1e-4
     assert 0 < flipped.sum() < n
+
+
+def test_photo_templates_use_different_photos_of_one_identity():
+    labels = np.repeat(np.arange(6), [5, 4, 3, 6, 4, 1])  # identities 2 and 5 have < 4 photos
+    rows, tids, pairs = hy.photo_templates(labels, 10, seed=0)
+    assert len(np.unique(rows)) == len(rows)  # no photo used twice
+    for t in np.unique(tids):
+        assert len(np.unique(labels[rows[tids == t]])) == 1
+    ident = {int(t): int(labels[rows[tids == t]][0]) for t in np.unique(tids)}
+    assert set(ident.values()) == {0, 1, 3, 4}
+    for a, b, same in pairs[["a", "b", "same"]].itertuples(index=False):
+        assert (ident[a] == ident[b]) == same
+    assert pairs["same"].sum() == 4 and (~pairs["same"]).sum() == 4
+    with pytest.raises(ParameterError):
+        hy.photo_templates(np.arange(5), 3, seed=0)
+
+
+def test_template_scores_landmark_fusion_downweights_a_bad_photo():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    tids = np.array([0, 0, 1, 1])
+    import pandas as pd
+
+    pairs = pd.DataFrame({"a": [0], "b": [1], "same": [True], "fold": [0]})
+    sc = hy.template_scores(f, tids, pairs, quality=np.array([1.0, 1e-6, 1.0, 1.0]))
+    assert sc["landmark"][0] > sc["average"][0]
+    assert sc["landmark"][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_vit_base_kprpe_parameter_count_is_the_papers():
+    base, added = hy.vit_base_kprpe_parameters()
+    assert added == (2 * 5 + 1) * 49 * 16 * 24 == 206_976
+    assert round(100 * added / base, 2) == 0.18
