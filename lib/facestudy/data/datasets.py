@@ -218,8 +218,8 @@ def _process(name: str, members: Sequence[str], reader: TarReader) -> dict[str, 
         for i, det in zip(ids, dets, strict=False):
             keep = det.scores >= _MIN_SCORE
             if keep.any():
-                sub = Detections(det.boxes[keep], det.scores[keep], det.landmarks[keep])
-                j = sub.best("largest")
+                sub = Detections(det.boxes[keep], det.scores[keep], det.landmarks[keep], image_size=(h, w))
+                j = sub.best("centre" if name == "lfw" else "largest")  # LFW: the person is the central face
                 found[i] = (sub.landmarks[j], float(sub.scores[j]))
                 method[i] = 2
     to_align, src_lmk = [], []
