@@ -34,15 +34,17 @@ def _world(seed=0, n_ids=200, per_id=3, n_attr=12):
 
 
 def _g1(emb, ids, attrs):
-    ks = {m: macroscale.macroscale_ks(emb, ids, attrs, n_max=120, n_boot=40, seed=s,
+    ks = {m: macroscale.macroscale_ks(emb, ids, attrs, n_max=120, n_boot=30, seed=s,
                                       boot_attributes=list(claims.PAPER_NAMED))
           for s, m in enumerate(("model_a", "model_b"))}
     ent = entropy.attribute_entropies(ids, attrs)
     a = claims.named_attributes_verdict(ks, claims.PAPER_NAMED)
-    b, ests = claims.correlation_verdict(ks, ent, entropy="intra_entropy")
+    eq = {m: macroscale.equal_n_ks(emb, ids, attrs, n=40, reps=8, seed=s) for s, m in enumerate(ks)}
+    b, ests = claims.correlation_verdict(eq, ent, entropy="intra_entropy")
     return a, b, ests
 
 
+@pytest.mark.slow
 def test_g1_reproduced_on_structured_world_and_not_on_shuffled_control():
     emb, ids, attrs = _world()
     a, b, ests = _g1(emb, ids, attrs)
@@ -53,6 +55,29 @@ def test_g1_reproduced_on_structured_world_and_not_on_shuffled_control():
     assert a0.verdict != "reproduced"
     assert b0.verdict != "reproduced"
     assert a0.verdict in ("not reproduced", "inconclusive")
+
+
+def test_prevalence_alone_makes_the_paper_protocol_correlate_but_not_equal_n():
+    """Random embeddings, identity-level attributes of prevalence 3 % .. 50 %: no attribute shapes anything, yet
+    n = min(n_max, |X+|, |X-|) follows prevalence, and so do both the null KS level and the entropies."""
+    rng = np.random.default_rng(3)
+    n_ids, per_id = 400, 2
+    ids = np.repeat(np.arange(n_ids), per_id)
+    emb = rng.normal(size=(n_ids * per_id, 16))
+    prev = np.linspace(0.03, 0.5, 12)
+    attrs = pd.DataFrame({f"a{j}": np.where(rng.random(n_ids)[ids] < p, 1, -1) for j, p in enumerate(prev)})
+    # a few images disagree with their identity, more for common attributes (entropy rises with prevalence)
+    flip = rng.random(attrs.shape) < prev[None, :] * 0.3
+    attrs = attrs.where(~flip, -attrs)
+    ent = entropy.attribute_entropies(ids, attrs)
+    paper_ks = {"m": macroscale.macroscale_ks(emb, ids, attrs, n_max=200)}
+    v_paper, e_paper = claims.correlation_verdict(paper_ks, ent, entropy="intra_entropy")
+    assert e_paper["m"].estimate < -0.5  # the artefact
+    eq = {"m": macroscale.equal_n_ks(emb, ids, attrs, n=10, reps=20)}
+    v_eq, e_eq = claims.correlation_verdict(eq, ent, entropy="intra_entropy")
+    assert v_eq.verdict != "reproduced"
+    with pytest.raises(ParameterError):
+        macroscale.equal_n_ks(emb, ids, attrs, n=1)
 
 
 def test_ks_verdict_untestable_without_bootstrap_or_identities():
@@ -143,6 +168,7 @@ class _TinyTail(torch.nn.Module):
         return self.emb_bn(self.fc(self.gdc(x).flatten(1)))
 
 
+@pytest.mark.slow
 def test_train_tail_learns_caches_and_reinitialises(tmp_path, monkeypatch):
     monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
     g = torch.Generator().manual_seed(0)

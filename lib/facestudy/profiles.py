@@ -109,6 +109,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "world_macro_per_id": 3,
             "n_max": 500,  # KS: images per modality, n = min(n_max, |X+|, |X-|) (paper: 500)
             "n_boot": 200,  # identity-bootstrap replicates of the named attributes' KS intervals
+            "ks_equal_n": 30,  # KS-entropy correlation: KS at one common n per modality (prevalence-free null) ...
+            "ks_equal_reps": 30,  # ... averaged over this many random draws
             "probe_limit": 1000,  # images used by the 5-fold logistic probes
             "heads": ["softmax", "arcface", "cosface", "adaface"],  # loss families trained on the frozen trunk
             "seeds": [0, 1, 2],  # training seeds per loss family (the unit of G3)
@@ -139,6 +141,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
         },
         "smoke": {
             "real_data": False, "real_models": ["mobilefacenet-ms1m"], "n_max": 40, "n_boot": 20,
+            "ks_equal_n": 5, "ks_equal_reps": 5,
             "world_macro_ids": 20, "world_macro_per_id": 2, "probe_limit": 40,
             "heads": ["softmax", "arcface"], "seeds": [0, 1, 2], "train_data": "world", "train_world_ids": 8,
             "train_world_per_id": 4, "head_epochs": 2, "batch_size": 16,
