@@ -115,3 +115,19 @@ def test_vit_base_kprpe_parameter_count_is_the_papers():
     base, added = hy.vit_base_kprpe_parameters()
     assert added == (2 * 5 + 1) * 49 * 16 * 24 == 206_976
     assert round(100 * added / base, 2) == 0.18
+
+
+def test_rpe_lr_mult_scales_only_the_position_encoding_step():
+    ts = _tokens()
+    moved = {}
+    for mult in (0.0, 1.0):
+        m = hy.make_hybrid("kprpe", 6, seed=0, **ARCH)
+        from facestudy.losses import make_head
+
+        head = make_head("adaface", ARCH["embedding_dim"], 4)
+        w_other = m.head[0].weight.detach().clone()
+        hy.fit_tokens(m, head, ts, epochs=1, batch_size=8, lr=3e-3, rpe_lr_mult=mult)
+        moved[mult] = (float(m.rpe.offset_layer.weight.detach().abs().max()),
+                       float((m.head[0].weight.detach() - w_other).abs().max()))
+    assert moved[0.0][0] == 0.0 and moved[1.0][0] > 1e-4
+    assert moved[0.0][1] > 1e-4 and moved[1.0][1] > 1e-4

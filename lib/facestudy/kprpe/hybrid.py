@@ -172,10 +172,12 @@ def embed_tokens(model, ts: TokenSet, keypoints: np.ndarray | None = None, batch
 
 
 def fit_tokens(model, head, ts: TokenSet, *, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.05,
-               warmup: float = 1.0, grad_clip: float = 5.0, repeat_prob: float = 0.1, seed: int = 0) -> list[float]:
+               warmup: float = 1.0, grad_clip: float = 5.0, repeat_prob: float = 0.1, seed: int = 0,
+               rpe_lr_mult: float = 1.0) -> list[float]:
     """AdamW (the supplement's Table 6 recipe), linear warm-up for ``warmup`` epochs then cosine, the §1.7
-    repeated-augmentation order (:func:`facestudy.train.repeated_order`), on cached tokens. Returns the
-    per-step losses."""
+    repeated-augmentation order (:func:`facestudy.train.repeated_order`), on cached tokens. ``rpe_lr_mult``
+    scales the learning rate of the position-encoding module (iRPE or KP-RPE alike). Returns the per-step
+    losses."""
     from ..train import lr_at, repeated_order
 
     if epochs < 1 or batch_size < 1 or lr <= 0:
@@ -183,8 +185,11 @@ def fit_tokens(model, head, ts: TokenSet, *, epochs: int, batch_size: int, lr: f
     n = len(ts)
     spe = max(1, n // batch_size)
     total = spe * epochs
+    rpe_ids = {id(p) for p in model.rpe.parameters()} if getattr(model, "rpe", None) is not None else set()
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    groups = [{"params": [p for p in params if id(p) not in rpe_ids], "mult": 1.0},
+              {"params": [p for p in params if id(p) in rpe_ids], "mult": float(rpe_lr_mult)}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     labels = torch.as_tensor(ts.labels)
     kp_all = torch.as_tensor(ts.keypoints)
     losses: list[float] = []
@@ -196,8 +201,9 @@ def fit_tokens(model, head, ts: TokenSet, *, epochs: int, batch_size: int, lr: f
         head.train()
         for b in range(spe):
             idx = torch.as_tensor(np.sort(order[b * batch_size:(b + 1) * batch_size]))
+            cur = lr_at(step, total, lr, "cosine", int(round(warmup * spe)), spe)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, lr, "cosine", int(round(warmup * spe)), spe)
+                g["lr"] = cur * g["mult"]
             emb = model(ts.features[idx].float(), **_kw(model, kp_all[idx]))
             loss = head(emb, labels[idx])
             if not torch.isfinite(loss):
