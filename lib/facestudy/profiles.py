@@ -293,11 +293,11 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "sae_steps": 600,  # Adam steps per SAE (~32 epochs of the training templates at default)
             "sae_lr": 3e-3,  # Adam learning rate of every SAE in the grid
             "batch_size": 256,  # templates per step
-            "resample_every": 250,  # vanilla / gated: resample latents dead for this many steps (0 = off)
-            "grid_l1": [1.0, 3.0, 10.0],  # vanilla lambda grid (log; inputs scaled to E||x|| = sqrt(d))
+            "resample_every": 250,  # vanilla / gated: every 250 steps resample latents silent on the last 50 batches (0 = off)
+            "grid_l1": [1.0, 2.0, 4.0],  # vanilla lambda grid (log; inputs scaled to E||x|| = sqrt(d))
             "grid_gated_l1": [1.0, 3.0, 10.0],  # gated lambda grid (log)
             "grid_k": [16, 32, 64],  # TopK k grid
-            "grid_l0": [0.03, 0.1, 0.3],  # JumpReLU lambda grid (L0 penalty; inputs scaled to E||x|| = sqrt(d))
+            "grid_l0": [0.1, 0.3, 1.0],  # JumpReLU lambda grid (L0 penalty; inputs scaled to E||x|| = sqrt(d))
             "jumprelu_bandwidth": 0.05,  # eps of the rectangle kernel (SAELens; the paper's 0.001 is for its scale)
             "jumprelu_theta0": 0.05,  # initial threshold
             "jumprelu_threshold_lr_mult": 10.0,  # lr multiplier of log(theta) (the paper trains ~10^5 steps)

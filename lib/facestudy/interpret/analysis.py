@@ -63,6 +63,7 @@ def auroc_matrix(codes: torch.Tensor | np.ndarray, labels: pd.DataFrame, min_pos
     if len(c) != len(labels):
         raise ParameterError(f"auroc_matrix: {len(c)} codes but {len(labels)} label rows")
     res = {}
+    rank_cache: dict[bytes, np.ndarray] = {}  # labels of one dataset share their known rows: rank once
     for name in labels.columns:
         y = labels[name].to_numpy(dtype=float)
         known = ~np.isnan(y)
@@ -70,7 +71,10 @@ def auroc_matrix(codes: torch.Tensor | np.ndarray, labels: pd.DataFrame, min_pos
         npos, nneg = int(yk.sum()), int((~yk).sum())
         if npos < min_positives or nneg < min_positives:
             continue
-        ranks = rankdata(c[known], axis=0)
+        key = np.packbits(known).tobytes()
+        if key not in rank_cache:
+            rank_cache[key] = rankdata(c[known], axis=0)
+        ranks = rank_cache[key]
         res[name] = (ranks[yk].sum(0) - npos * (npos + 1) / 2) / (npos * nneg)
     return pd.DataFrame(res)
 

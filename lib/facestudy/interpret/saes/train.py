@@ -80,6 +80,7 @@ def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: fl
     for group in opt.param_groups:
         group["base_lr"] = group["lr"]
     every = int(getattr(cfg, "resample_every", 0) or 0)
+    window = min(every, 50)  # dead = silent on the last <= 50 batches before a resampling point
     fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=device)
     resampled = 0
     g = torch.Generator().manual_seed(seed)
@@ -109,17 +110,17 @@ def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: fl
         sae.before_step()
         opt.step()
         sae.after_step()
-        if every:
+        if every and (it + 1) % every > every - window:  # firing is tracked over the window's last steps
             with torch.no_grad():
                 fired |= (sae.encode(xb) > 0).any(0)
-            if (it + 1) % every == 0 and it + 1 < steps:
-                dead = ~fired
-                if dead.any():
-                    pool = x[torch.randint(0, n, (min(n, 4 * bs),), generator=g)].to(device)
-                    touched = sae.resample_(dead, pool * sae.input_scale, generator=g)
-                    _reset_adam_rows(opt, sae, touched)
-                    resampled += int(dead.sum())
-                fired.zero_()
+        if every and (it + 1) % every == 0 and it + 1 < steps:
+            dead = ~fired
+            if dead.any():
+                pool = x[torch.randint(0, n, (min(n, 4 * bs),), generator=g)].to(device)
+                touched = sae.resample_(dead, pool * sae.input_scale, generator=g)
+                _reset_adam_rows(opt, sae, touched)
+                resampled += int(dead.sum())
+            fired.zero_()
         if it % log_every == 0 or it == steps - 1:
             rows.append({"step": it, "loss": float(loss.detach()), **parts})
     seconds = time.perf_counter() - t0
