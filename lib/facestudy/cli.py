@@ -47,7 +47,8 @@ def cmd_run(args) -> int:
     overrides = _pairs(args.set, "--set")
     runner.plan(args.chapter, args.profile, params, overrides)  # validate before any kernel starts
     results = runner.run_chapters(args.chapter, args.profile, params, overrides,
-                                  out=Path(args.out) if args.out else None, progress=not args.quiet)
+                                  out=Path(args.out) if args.out else None, progress=not args.quiet,
+                                  rehearse=args.rehearse)
     print()
     print(runner.table(results))
     return 0 if all(r.status == "ok" for r in results) else 1
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile-table setting")
     r.add_argument("--out", help="folder for executed notebooks (default: book/executed)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--rehearse", action="store_true",
+                   help="the profile's model shapes and code paths with capped work (profiles.REHEARSAL), on the "
+                        "CPU, no claims recorded; default --out _build/rehearsal/PROFILE (book page: Running big)")
     r.set_defaults(fn=cmd_run)
     d = sub.add_parser("data", help="real data: status table, prepare the aligned caches, or write the "
                                     "miniature paper-format fixtures (data fixtures DIR)")

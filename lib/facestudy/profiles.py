@@ -398,12 +398,42 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------
+# THE rehearsal caps (``facestudy run ... --rehearse``, issue 20). A rehearsal runs a chapter end to end at a
+# profile's real model shapes and code paths (every key not listed here keeps the profile's value: widths,
+# depths, image sizes, expansions, checkpoints) but with capped work, so that gpu / paper can be checked on
+# a CPU in minutes. Only keys that bound WORK belong here (steps, epochs, image / identity / pair counts,
+# seed lists shortened to 1-2, and a batch size where the profile's would need GPU memory); a key that sets
+# a model shape never does (tests/test_rehearsal.py checks that every key exists in the chapter's base and
+# that nothing else changes). The caps replace the profile's values; --set values still apply on top.
+# ---------------------------------------------------------------------------------------------------
+REHEARSAL: dict[str, dict[str, Any]] = {
+    "00_setup": {"n_render": 8},
+    "00a_faceworld": {
+        "n_grid": 6, "lattice_attributes": ["yaw", "eyeglasses"], "n_overlay": 4, "n_identities": 3,
+        "n_per_identity": 2, "n_detect": 16, "n_verify_identities": 16, "n_verify_per_identity": 2, "n_pairs": 40,
+        "speed_images": 16, "speed_repeats": 1, "fr_train_ids": 16, "fr_per_id": 4, "fr_test_ids": 10,
+        "fr_test_per_id": 2, "fr_pairs": 40, "fr_epochs": 1,
+    },
+    "00b_models": {"pairs_per_fold": 8, "synthetic_identities": 10},
+    "02_uiface": {
+        "train_limit": 160, "train_images": 128, "train_per_identity": 4, "train_steps": 2, "train_batch": 4,
+        "lr_warmup": 1, "ddim_steps": 2, "sample_batch": 8, "fr_batch": 16, "n_candidates": 6, "n_identities": 2,
+        "n_per_identity": 2,
+        "intervals": [[500, 1000], [0, 500]], "interval_identities": 2, "interval_per_identity": 2,
+        "n_real_recall": 20, "recall_k": 2, "fr_epochs": 1, "lfw_per_fold": 4, "fr_seeds": [0],
+    },
+}
+
+
 def chapters() -> list[str]:
     return list(TABLE)
 
 
-def resolve(chapter: str, profile: str, **overrides: Any) -> Config:
+def resolve(chapter: str, profile: str, *, rehearse: bool = False, **overrides: Any) -> Config:
     """Concrete sizes for ``chapter`` at ``profile``, with ``overrides`` applied on top.
+
+    ``rehearse=True`` applies the chapter's :data:`REHEARSAL` caps after the profile and before ``overrides``.
 
     Raises :class:`ParameterError` naming the valid choices for an unknown chapter, profile or key, or an
     override whose type does not match the table's value.
@@ -420,6 +450,11 @@ def resolve(chapter: str, profile: str, **overrides: Any) -> Config:
         if key not in cfg:
             raise ParameterError(f"profile table bug: {chapter}/{profile} sets {key!r}, which is not in base")
         cfg[key] = value
+    if rehearse:
+        for key, value in REHEARSAL.get(chapter, {}).items():
+            if key not in cfg:
+                raise ParameterError(f"rehearsal table bug: {chapter} caps {key!r}, which is not in base")
+            cfg[key] = value
     for key, value in overrides.items():
         if key not in cfg:
             valid = ", ".join(sorted(cfg)) or "(none)"

@@ -304,7 +304,7 @@ class Claim:
 
 
 def _begin_chapter(chapter: str, profile: str) -> None:
-    _state.update(chapter=chapter, profile=profile, claims=[])
+    _state.update(chapter=chapter, profile=profile, claims=[], rehearsal=False)
 
 
 def records_dir() -> Path:
@@ -340,6 +340,9 @@ def claim(id: str, statement: str, *, paper: str, ours: Any = None, verdict: Ver
     if est is not None:
         c.estimate, c.low, c.high = _finite(est.estimate), _finite(est.low), _finite(est.high)
         c.n, c.unit, c.method = int(est.n), est.unit, est.method
+    if _state.get("rehearsal"):  # runtime.start(rehearse=True): capped work, the verdict means nothing
+        print(f"[{id}] rehearsal: claim not recorded")
+        return c
     _state["claims"] = [x for x in _state["claims"] if x.id != id] + [c]
     glue(f"{id}_ours", ours_text)
     glue(f"{id}_verdict", c.verdict)

@@ -172,16 +172,51 @@ def _failure(exc: Exception) -> str:
     return f"{where} raised {ename}: {str(evalue).splitlines()[0] if evalue else ''}"
 
 
+REHEARSAL_DIR = Path("_build") / "rehearsal"  # default output of a rehearsal (never the book's executed/)
+
+
+def rehearsal_fixtures() -> Path:
+    """The paper-format fixtures a ``paper`` rehearsal reads when the user gave no manifests of their own
+    (``FACESTUDY_MANIFESTS`` unset): written once, with the big models, into the cache's
+    ``rehearsal-fixtures/`` (see :mod:`facestudy.data.fixtures`)."""
+    from .data import store
+    from .data.fixtures import write_fixtures
+
+    folder = store.cache_dir() / "rehearsal-fixtures"
+    done = folder / ".complete"
+    if not done.exists():
+        print(f"facestudy: writing the paper-format fixtures for the rehearsal into {folder} (once)", flush=True)
+        write_fixtures(folder, big=True)
+        done.write_text("ok\n")
+    return folder
+
+
 def run_chapters(selection: str, profile: str, params: dict[str, str] | None = None,
                  overrides: dict[str, str] | None = None, out: Path | None = None, progress: bool = True,
-                 base: Path | None = None) -> list[RunResult]:
+                 base: Path | None = None, rehearse: bool = False) -> list[RunResult]:
+    """``rehearse=True``: the profile's shapes with :data:`facestudy.profiles.REHEARSAL`'s capped work, on
+    the CPU unless ``-p device=...`` says otherwise, into ``_build/rehearsal/<profile>`` by default; a
+    ``paper`` rehearsal without ``FACESTUDY_MANIFESTS`` reads :func:`rehearsal_fixtures`."""
     import papermill as pm
 
     from .runtime import environment
 
     base = base or chapters_mod.root()
-    jobs = plan(selection, profile, params or {}, overrides or {}, base)
+    params = dict(params or {})
+    if rehearse:
+        params.setdefault("device", "cpu")
+    jobs = plan(selection, profile, params, overrides or {}, base)
+    if out is None and rehearse:
+        out = base / REHEARSAL_DIR / profile
+        out.mkdir(parents=True, exist_ok=True)
     out = preflight(jobs, Path(out or base / chapters_mod.EXECUTED_DIR).resolve())
+    env_run = {"FACESTUDY_REHEARSE": "1" if rehearse else ""}
+    if rehearse and profile == "paper" and not os.environ.get("FACESTUDY_MANIFESTS", "").strip():
+        from .data import store
+
+        fx = rehearsal_fixtures()
+        env_run["FACESTUDY_MANIFESTS"] = str(fx / "manifests")
+        env_run["FACESTUDY_DATA"] = os.pathsep.join(str(r) for r in [fx, *store.roots()])
     results = []
     for ch, typed, table_over in jobs:
         target = out / f"{ch.id}.ipynb"
@@ -189,12 +224,14 @@ def run_chapters(selection: str, profile: str, params: dict[str, str] | None = N
         tmp.unlink(missing_ok=True)  # a killed earlier run's partial copy
         from .runtime import MALLOC_ENV
 
-        env_backup = {k: os.environ.get(k) for k in ("FACESTUDY_RECORDS", "FACESTUDY_OVERRIDES", *MALLOC_ENV)}
+        env_backup = {k: os.environ.get(k) for k in ("FACESTUDY_RECORDS", "FACESTUDY_OVERRIDES", *MALLOC_ENV,
+                                                     *env_run)}
         for k, v in MALLOC_ENV.items():
             os.environ.setdefault(k, v)  # the kernel inherits them (see runtime.MALLOC_ENV)
+        os.environ.update(env_run)
         os.environ["FACESTUDY_RECORDS"] = str(out)
         os.environ["FACESTUDY_OVERRIDES"] = json.dumps(table_over)
-        print(f"==> {ch.id} (profile={profile})", flush=True)
+        print(f"==> {ch.id} (profile={profile}{', rehearsal' if rehearse else ''})", flush=True)
         t0 = time.perf_counter()
         status, error = "ok", ""
         try:
@@ -209,8 +246,9 @@ def run_chapters(selection: str, profile: str, params: dict[str, str] | None = N
                 else:
                     os.environ[k] = v
         wall = time.perf_counter() - t0
-        meta = {"chapter": ch.id, "profile": profile, "parameters": typed, "overrides": table_over,
-                "status": status, "error": error, "wall_s": round(wall, 2), "environment": environment(),
+        meta = {"chapter": ch.id, "profile": profile, "rehearsal": rehearse, "parameters": typed,
+                "overrides": table_over, "status": status, "error": error, "wall_s": round(wall, 2),
+                "environment": environment(),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         if tmp.exists():
             try:

@@ -204,6 +204,7 @@ class Run:
     data_root: str
     started: float = field(default_factory=time.perf_counter)
     notes: list[str] = field(default_factory=list)
+    rehearsal: bool = False  # capped work at the profile's shapes (profiles.REHEARSAL); no claim is recorded
 
     def note(self, message: str) -> None:
         """Say something the reader must know (e.g. 'real CelebA absent: using the synthetic world')."""
@@ -215,15 +216,21 @@ class Run:
 
 
 def start(chapter: str, profile: str = "default", seed: int = 0, device: str = "auto",
-          data_root: str = "", **overrides: Any) -> Run:
+          data_root: str = "", rehearse: bool | None = None, **overrides: Any) -> Run:
     """Validate parameters, then seed, pick the device and set the data root. Does no other work.
+
+    ``rehearse`` (default: ``$FACESTUDY_REHEARSE``, set by ``facestudy run --rehearse``) applies the chapter's
+    :data:`facestudy.profiles.REHEARSAL` caps, says so on the page and turns :func:`facestudy.report.claim`
+    into a no-op.
 
     Raises :class:`~facestudy.errors.ParameterError` (listing valid choices) before anything runs.
     """
     import json
 
     env_over = json.loads(os.environ.get("FACESTUDY_OVERRIDES") or "{}")  # set by `facestudy run --set`
-    cfg = profiles.resolve(chapter, profile, **{**env_over, **overrides})
+    if rehearse is None:
+        rehearse = os.environ.get("FACESTUDY_REHEARSE", "") not in ("", "0")
+    cfg = profiles.resolve(chapter, profile, rehearse=bool(rehearse), **{**env_over, **overrides})
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParameterError(f"seed must be an int, got {seed!r}")
     dev = resolve_device(device)
@@ -234,9 +241,14 @@ def start(chapter: str, profile: str = "default", seed: int = 0, device: str = "
         torch.set_num_threads(int(threads))
     seed_everything(seed)
     run = Run(chapter=chapter, profile=profile, seed=seed, device=dev, cfg=cfg,
-              data_root=os.environ.get("FACESTUDY_DATA", ""))
+              data_root=os.environ.get("FACESTUDY_DATA", ""), rehearsal=bool(rehearse))
     from . import report
 
     report._begin_chapter(chapter, profile)
+    report._state["rehearsal"] = run.rehearsal
     print(f"{chapter} | profile={profile} | seed={seed} | device={dev} | torch threads={torch.get_num_threads()}")
+    if run.rehearsal:
+        capped = ", ".join(f"{k}={v}" for k, v in profiles.REHEARSAL.get(chapter, {}).items()) or "nothing"
+        run.note(f"REHEARSAL: this is a rehearsal of the {profile} profile: its model shapes and code paths with "
+                 f"capped work ({capped}). Its numbers mean nothing and no claim is recorded.")
     return run

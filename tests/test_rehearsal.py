@@ -1,0 +1,97 @@
+"""The rehearsal (issue 20): ``facestudy run CH --profile gpu|paper --rehearse`` runs a chapter end to end on
+the CPU at the profile's real model shapes with the capped work of ``profiles.REHEARSAL``; the page says so
+and no claim is recorded. The fast tests check the mechanism; the ``rehearsal`` tests (also ``slow``) run the
+chapters, and a deliberately broken paper reader must make the paper rehearsal fail.
+
+Each rehearsal costs a kernel start plus the capped work; book/running.md ("Running big") lists the measured
+CPU times. ``pytest -m rehearsal`` runs them alone; ``-m "not rehearsal"`` skips them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from facestudy import profiles, report, runner, runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (chapter, profile) rehearsals run by the test suite (a chapter joins when its rehearsal passes)
+CASES = [("00_setup", "gpu"), ("00a_faceworld", "gpu"), ("00b_models", "gpu"), ("02_uiface", "gpu")]
+#: (chapter, profile) rehearsals that must stop with a DataError naming what is missing (the profile needs
+#: files the project cannot make fixtures for), with a phrase the error must contain
+EXPECTED_STOP = {("02_uiface", "paper"): "official UIFace checkpoints"}
+
+
+# ------------------------------------------------------------------------------------------ mechanism
+def test_rehearsal_caps_are_table_keys_and_change_only_work():
+    for chapter, caps in profiles.REHEARSAL.items():
+        assert chapter in profiles.TABLE, chapter
+        base = profiles.TABLE[chapter]["base"]
+        for key, value in caps.items():
+            assert key in base, f"{chapter}: rehearsal caps {key!r}, not a table key"
+            assert type(value) is type(base[key]), f"{chapter}/{key}: {value!r} vs base {base[key]!r}"
+        for profile in ("gpu", "paper"):
+            full = profiles.resolve(chapter, profile)
+            rehearsed = profiles.resolve(chapter, profile, rehearse=True)
+            changed = {k for k in full if full[k] != rehearsed[k]}
+            assert changed <= set(caps), f"{chapter}/{profile}: rehearsal changed {changed - set(caps)}"
+    assert {c for c, _ in CASES} <= set(profiles.REHEARSAL)
+
+
+def test_rehearsal_keeps_shapes_and_lets_overrides_win():
+    cfg = profiles.resolve("02_uiface", "gpu", rehearse=True)
+    full = profiles.resolve("02_uiface", "gpu")
+    for key in ("image_size", "unet_channels", "attn_levels", "n_tokens", "token_dim", "fr_width", "fr_stages"):
+        assert cfg[key] == full[key]
+    assert cfg.train_steps == profiles.REHEARSAL["02_uiface"]["train_steps"] < full.train_steps
+    assert profiles.resolve("02_uiface", "gpu", rehearse=True, train_steps=7).train_steps == 7
+
+
+def test_rehearsal_start_notes_it_and_records_no_claim(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FACESTUDY_RECORDS", str(tmp_path))
+    monkeypatch.setenv("FACESTUDY_REHEARSE", "1")
+    run = runtime.start("00_setup", profile="gpu", device="cpu")
+    assert run.rehearsal and run.cfg.n_render == profiles.REHEARSAL["00_setup"]["n_render"]
+    assert any("REHEARSAL" in n for n in run.notes)
+    v = report.exact(3, at_least=1, what="weights")
+    c = report.claim("R1", "a rehearsal claim", paper="-", verdict=v)
+    assert c.id == "R1"
+    assert "rehearsal: claim not recorded" in capsys.readouterr().out
+    assert report.claims() == [] and not list(tmp_path.glob("*.claims.json"))
+    monkeypatch.delenv("FACESTUDY_REHEARSE")
+    run = runtime.start("00_setup", profile="gpu", device="cpu")  # an ordinary run records again
+    assert not run.rehearsal and run.cfg.n_render == profiles.resolve("00_setup", "gpu").n_render
+    report.claim("R1", "a real claim", paper="-", verdict=v)
+    assert list(tmp_path.glob("*.claims.json"))
+
+
+def test_cli_has_rehearse_flag():
+    from facestudy.cli import build_parser
+
+    args = build_parser().parse_args(["run", "00", "--profile", "gpu", "--rehearse"])
+    assert args.rehearse is True
+
+
+# ------------------------------------------------------------------------------------------ rehearsals
+def _rehearse(chapter: str, profile: str, out: Path):
+    results = runner.run_chapters(chapter, profile, out=out, progress=False, base=ROOT, rehearse=True)
+    print(runner.table(results))
+    return results[0]
+
+
+@pytest.mark.slow
+@pytest.mark.rehearsal
+@pytest.mark.parametrize("chapter,profile", CASES)
+def test_chapter_rehearses(chapter, profile, tmp_path):
+    res = _rehearse(chapter, profile, tmp_path)
+    meta = json.loads((tmp_path / f"{chapter}.run.json").read_text())
+    assert meta["rehearsal"] is True and meta["parameters"]["device"] == "cpu"
+    assert not list(tmp_path.glob("*.claims.json")), "a rehearsal recorded claims"
+    stop = EXPECTED_STOP.get((chapter, profile))
+    if stop:
+        assert res.status == "failed" and "DataError" in res.error and stop in res.error, res.error
+        return
+    assert res.status == "ok", res.error
+    assert "REHEARSAL: this is a rehearsal" in Path(res.output).read_text()
