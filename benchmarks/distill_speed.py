@@ -54,6 +54,8 @@ def main() -> None:
     n_cold = args.train_images + args.eval_images + 10 * int(cfg["hard_pairs_per_fold"]) * 2
     print(f"  cold cost for ~{n_cold} images (train + LFW + low-res column): ~{n_cold / c / 60:.1f} min CPU")
     tail = reinit_(teacher.tail(layer), 0)
+    for p in tail.parameters():  # the teacher is frozen, so its copied tail starts frozen too
+        p.requires_grad_(True)
     print(f"student tail: {models.n_parameters(tail):,d} parameters (teacher {models.n_parameters(teacher):,d})")
     labels = torch.arange(bs) % 10
     targets = torch.randn(bs, teacher.embedding_dim)
