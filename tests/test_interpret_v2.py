@@ -17,6 +17,9 @@ def test_identity_groups_unknown_is_not_one_identity():
     g = analysis.identity_groups(meta)
     assert len(set(g[:3])) == 3  # three UTK images, three groups
     assert g[3] == g[4] and g[3] != g[5]  # same name in two datasets is not the same group
+    celeb = pd.DataFrame({"dataset": ["celeba10k", "celeba_id299"], "identity": ["7201", "7201"]})
+    g2 = analysis.identity_groups(celeb)
+    assert g2[0] == g2[1]  # both CelebA sets use CelebA's identity numbers: the same person
 
 
 def test_group_split_is_disjoint_sized_and_seeded():

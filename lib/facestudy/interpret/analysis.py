@@ -235,13 +235,20 @@ def study_model(name: str, checkpoint: str = ""):
 
 
 # ------------------------------------------------------------------------------ v2: splits, controls, claims
+#: datasets whose identity labels name the same people (CelebA-10k and CelebA-id299 both use CelebA's
+#: identity numbers and share identities and images): one namespace, so a split never separates them
+IDENTITY_SPACE = {"celeba10k": "celeba", "celeba_id299": "celeba"}
+
+
 def identity_groups(meta: pd.DataFrame) -> np.ndarray:
-    """One group id per image for identity-grouped splits (chapter 4): ``<dataset>:<identity>``.
+    """One group id per image for identity-grouped splits (chapter 4): ``<dataset>:<identity>`` (CelebA's
+    two sets share one namespace, :data:`IDENTITY_SPACE`).
 
     Images without a known identity (UTKFace's ``"unknown"``, empty or -1) are each their own group: they
     are *not* one identity (counting them as one would put all of UTKFace on one side of every split)."""
     n = len(meta)
     ds = meta["dataset"].astype(str).to_numpy() if "dataset" in meta.columns else np.full(n, "set")
+    ds = np.array([IDENTITY_SPACE.get(d, d) for d in ds], dtype=object).astype(str)
     ident = meta["identity"].astype(str).to_numpy() if "identity" in meta.columns else np.full(n, "unknown")
     unknown = np.isin(ident, ["unknown", "", "-1", "nan", "None"])
     groups = np.char.add(np.char.add(ds.astype(str), ":"), ident.astype(str))
