@@ -254,7 +254,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "dose_strengths": [0.5, 1.0, 1.5, 2.0],  # misalignment ranges x today's (1 = the condition)
             "dose_sides": [28, 20, 14],  # low-resolution sweep: side in px of a 112-px face
             "noninferior_delta": 1.0,  # K1/K2/K3 non-inferiority margin (LFW accuracy points)
-            "fusion_lfw_limit": 700, "fusion_identities": 40,  # K5: LFW identities with >= 4 photos
+            "fusion_lfw_limit": 2000, "fusion_identities": 40,  # K5: LFW identities with >= 4 photos (72 in 2000)
         },
         "smoke": {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0, "embedding_dim": 32,
                   "id299_limit": 0, "celeba10k_limit": 0, "synth_identities": 8, "synth_per_identity": 4,
@@ -422,6 +422,30 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "n_per_identity": 2,
         "intervals": [[500, 1000], [0, 500]], "interval_identities": 2, "interval_per_identity": 2,
         "n_real_recall": 20, "recall_k": 2, "fr_epochs": 1, "lfw_per_fold": 4, "fr_seeds": [0],
+    },
+    "01_geometry": {
+        "celeba_limit": 200, "n_max": 40, "n_boot": 20, "ks_equal_n": 5, "ks_equal_reps": 5, "world_macro_ids": 20,
+        "world_macro_per_id": 2, "probe_limit": 40, "seeds": [0, 1, 2], "train_limit": 200, "train_world_ids": 8,
+        "train_world_per_id": 4, "head_epochs": 1, "world_ids": 3, "world_curves": 4,
+        "world_attributes": ["yaw", "hue"], "real_ids": 2, "real_curves": 4, "real_attributes": ["brightness"],
+        "k": 3, "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 4,
+    },
+    "03_kprpe": {
+        "id299_limit": 64, "celeba10k_limit": 32, "synth_identities": 8, "synth_per_identity": 4, "epochs": 1,
+        "batch_size": 16, "lfw_pairs_per_fold": 2, "keypoint_counts": [5, 2], "noise_alphas": [0.0, 0.1],
+        "overhead_batch": 8, "overhead_steps": 1, "overhead_repeats": 1, "seeds": [0, 1], "dose_strengths": [1.0, 2.0],
+        "dose_sides": [14], "fusion_lfw_limit": 300, "fusion_identities": 4,
+    },
+    "04_facemint": {
+        "limit_per_set": 80, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
+        "sweep_expansion": [4, 32], "sae_seeds": 2, "sae_steps": 6, "resample_every": 3, "batch_size": 256,
+        "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1], "n_show": 4, "contrast_n": 5,
+        "ablation_n": 3, "actmax_steps": 2, "actmax_seeds": 1,
+    },
+    "05_distillation": {
+        "train_identities": 12, "max_per_identity": 4, "synthetic_per_identity": 4, "steps": 2, "seeds": [0, 1],
+        "batch_size": 16, "sweep_s": [0.8], "sweep_r": [20.0], "sweep_t": [0.1], "lfw_pairs_per_fold": 4,
+        "hard_pairs_per_fold": 2, "probe": 64,
     },
 }
 
