@@ -121,3 +121,22 @@ def test_cv2_and_torch_warps_agree():
     b = D.warp_affine(img, M, 112, backend="torch")
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff[:, 2:-2, 2:-2].max() <= 1  # bilinear in fixed point vs float: one grey level
+
+
+def test_released_weights_embed_through_onnxruntime(net, tmp_path, monkeypatch):
+    if not fast.ort_available():
+        pytest.skip("onnxruntime not installed")
+    import copy
+
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
+    m = copy.deepcopy(net)
+    m.__dict__.pop("_folded", None)
+    m.weights_tag = "test-weights"  # released weights: exported once, keyed by their hash
+    assert isinstance(m.inference_module(), fast.OrtModule)
+    assert len(list((tmp_path / "onnx").glob("test-weights-*.onnx"))) == 1
+    with torch.no_grad():
+        x = m.preprocess(IMGS)
+        ref = torch.nn.functional.normalize(m(x) + m(x.flip(3)), dim=1)
+    assert torch.nn.functional.cosine_similarity(m.embed(IMGS, flip=True), ref).min() > 0.99999
+    f = m.features(IMGS, ["blocks.0"])  # layer access still through the torch module
+    assert f["blocks.0"].shape[0] == len(IMGS)

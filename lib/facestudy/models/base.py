@@ -174,7 +174,7 @@ class FaceModel(nn.Module):
                                                                          else " with NaN/inf values"))
         net = self if (keypoints is not None and self.uses_keypoints) else self.inference_module()
         # CPU: sub-batches of 32 run fastest (measured in benchmarks/peers.py); the result does not depend on it
-        step = min(batch_size, 32) if self.device.type == "cpu" else batch_size
+        step = min(batch_size, 32) if self.device.type == "cpu" and isinstance(net, nn.Module) else batch_size
         outs = []
         with self._eval_mode(), torch.inference_mode():
             for i in range(0, len(images), step):
@@ -208,12 +208,14 @@ class FaceModel(nn.Module):
         return tuple((k, id(t), t._version, t.device.type) for k, t in self.state_dict(keep_vars=True).items())
 
     def inference_module(self) -> nn.Module:
-        """An eval-mode copy of this model with every BatchNorm that follows a convolution folded into it
-        (:func:`facestudy.models.fast.fold_batchnorm`): the same embeddings (cosine >= 0.99999, tested) at
-        about 1.5x the speed of eager torch, which on this CPU also beats onnxruntime running the exported
-        model (issue 21, benchmarks/peers.py). Rebuilt when the weights change; the model itself is
-        untouched, so :meth:`features` and hooks see the un-fused layers. Returns ``self`` when
-        ``fast_inference`` is False, when hooks are registered on the model, or when the copy fails."""
+        """What :meth:`embed` runs, the fastest path giving the same embeddings (cosine >= 0.99999 against
+        eager, tested; issue 21, benchmarks/peers.py): for released weights on the CPU with onnxruntime
+        installed, the model exported once to ONNX (cached, keyed by the weights) in an onnxruntime session
+        (measured 2.6x less CPU time than eager torch and about 2x less than the folded copy at two
+        threads); otherwise an eval-mode copy with each BatchNorm that follows a convolution folded into it
+        (:func:`facestudy.models.fast.fold_batchnorm`, ~1.5x eager). Rebuilt when the weights change; the
+        model itself is untouched, so :meth:`features` and hooks see the un-fused layers. Returns ``self``
+        when ``fast_inference`` is False, when hooks are registered on the model, or when the copy fails."""
         from .fast import fold_batchnorm
 
         if not self.fast_inference or any(m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
@@ -223,12 +225,34 @@ class FaceModel(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_folded", None)  # stale: drop it before copying the model
-        try:
-            folded = fold_batchnorm(self)
-        except Exception:  # noqa: BLE001 - e.g. a non-leaf tensor attribute that cannot be deep-copied
-            return self
+        folded: nn.Module | None = self._onnx_module()
+        if folded is None:
+            try:
+                folded = fold_batchnorm(self)
+            except Exception:  # noqa: BLE001 - e.g. a non-leaf tensor attribute that cannot be deep-copied
+                return self
         self.__dict__["_folded"] = (key, folded)  # not a submodule: stays out of state_dict / parameters
         return folded
+
+    def _onnx_module(self) -> nn.Module | None:
+        """Released weights on the CPU with onnxruntime installed: the model exported once to ONNX (cache
+        file keyed by the weights) in an onnxruntime session, which measured faster than eager and folded
+        torch at two threads (benchmarks/peers.py). None otherwise (trained-here weights change every epoch:
+        an export per change would cost more than it saves) or when the export fails."""
+        from . import fast
+
+        if (self.weights_tag == "random" or self.device.type != "cpu" or self.uses_keypoints
+                or not fast.ort_available()):
+            return None
+        try:
+            from ..data.store import cache_dir
+
+            h, w = self.input_size
+            path = cache_dir() / "onnx" / f"{self.weights_tag}-{self.weights_hash()}-{h}x{w}.onnx"
+            fast.export(self.eval(), torch.zeros(1, 3, h, w), path, {0: "n"}, ("embedding",))
+            return fast.OrtModule(fast.session(path))
+        except Exception:  # noqa: BLE001 - any export/session failure: folded torch instead
+            return None
 
     # ------------------------------------------------------------------------------ internals
     def layer_names(self) -> list[str]:

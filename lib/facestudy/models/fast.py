@@ -113,3 +113,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 seq._modules[b] = nn.Identity()
     folded.__dict__.pop("_folded", None)
     return folded
+
+
+class OrtModule:
+    """A one-input onnxruntime session called like a module: float NCHW tensor in, float tensor out (CPU)."""
+
+    def __init__(self, sess) -> None:
+        self.sess = sess
+
+    def __call__(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
+        return torch.from_numpy(run(self.sess, x.detach().cpu().numpy())[0])
