@@ -58,3 +58,23 @@ def test_power_grows_with_effect_and_n():
     assert stats.simulate("t", 3, effect=2.0) < stats.simulate("t", 10, effect=2.0)
     assert stats.simulate("t", 10, effect=0.5) < stats.simulate("t", 10, effect=2.0)
     assert stats.simulate("t", 10, effect=2.0) > 0.9
+
+
+def test_chapters_use_only_calibrated_rules():
+    """Every `report.<name>(` a chapter calls is a calibrated rule, a combinator or a page helper: the old
+    point comparisons and the percentile bootstrap are gone for good."""
+    import re
+    from pathlib import Path
+
+    from facestudy import report
+
+    allowed = {"effect", "noninferior", "equivalent", "correlation", "exact", "gate", "requires", "untestable",
+               "all_of", "claim", "claims", "claims_table", "glue", "fmt", "style", "image_grid", "records_dir"}
+    root = Path(__file__).resolve().parents[1]
+    used = set()
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):
+        used |= set(re.findall(r"report\.([a-z_]+)\(", nb.read_text()))
+    assert used, "no report calls found in the notebooks"
+    assert used <= allowed, f"uncalibrated or unknown report helpers in notebooks: {sorted(used - allowed)}"
+    for old in ("greater", "at_least", "at_most", "ci_excludes_zero", "bootstrap_diff_ci"):
+        assert not hasattr(report, old), old

@@ -203,56 +203,6 @@ def all_of(verdicts: Sequence[Verdict], *, what: str = "") -> Verdict:
 
 
 
-# ----------------------------------------------------------------------------------------- legacy (uncalibrated)
-# Point comparisons and the percentile bootstrap: NOT calibrated (the percentile bootstrap says "reproduced"
-# 12 % of the time with no effect at n = 3). Kept only while chapters move to the rules above; a test fails
-# while any notebook still calls them.
-def greater(a: float, b: float, *, margin: float = 0.0, tolerance: float = 0.0, what: str = "") -> Verdict:
-    label = f" ({what})" if what else ""
-    rule = f"reproduced if {a:.4g} > {b:.4g} + {margin:.3g}{label}; not reproduced if below {b:.4g} - {tolerance:.3g}"
-    if a > b + margin:
-        return Verdict("reproduced", rule)
-    if a < b - tolerance:
-        return Verdict("not reproduced", rule)
-    return Verdict("inconclusive", rule)
-
-
-def at_least(value: float, target: float, *, what: str = "") -> Verdict:
-    ok = value >= target
-    return Verdict("reproduced" if ok else "not reproduced", f"reproduced if {what} {value:.4g} >= {target:.4g}")
-
-
-def at_most(value: float, target: float, *, what: str = "") -> Verdict:
-    ok = value <= target
-    return Verdict("reproduced" if ok else "not reproduced", f"reproduced if {what} {value:.4g} <= {target:.4g}")
-
-
-def ci_excludes_zero(low: float, high: float, *, what: str = "difference") -> Verdict:
-    rule = f"95% CI of {what} [{low:.4g}, {high:.4g}]: reproduced if it lies above 0, not reproduced if below"
-    if low > 0:
-        return Verdict("reproduced", rule)
-    if high < 0:
-        return Verdict("not reproduced", rule)
-    return Verdict("inconclusive", rule)
-
-
-def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-                      paired: bool = False, level: float = 0.95) -> tuple[float, float, float]:
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    if paired:
-        d = a - b
-        boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-        est = float(d.mean())
-    else:
-        boots = a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1) - \
-            b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(axis=1)
-        est = float(a.mean() - b.mean())
-    alpha = (1 - level) / 2
-    return est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
-
-
 # ----------------------------------------------------------------------------------------- glue
 def _in_kernel() -> bool:
     try:
