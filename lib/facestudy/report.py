@@ -1,8 +1,9 @@
-"""Claims scorecard, glue helpers and figure style (chapter 0 explains the scorecard).
+"""Claims, glue helpers and figure style (chapter 0, "How claims are judged", explains the verdicts).
 
 A chapter records each paper claim it tests with :func:`claim`. The verdict is never typed: it comes from
-one of the rule functions below (:func:`greater`, :func:`ci_excludes_zero`, :func:`at_least`, ...) applied
-to measured values, and the rule's text is stored with it. Each claim is glued into the notebook
+one of the calibrated rule functions below (:func:`effect`, :func:`noninferior`, :func:`equivalent`,
+:func:`correlation`, :func:`exact`, combined with :func:`gate` / :func:`all_of`) applied to a
+:class:`facestudy.stats.Estimate`, and the rule's text is stored with it. Each claim is glued into the notebook
 (``<ID>_ours``, ``<ID>_verdict``) and appended to ``<records>/<chapter>.claims.json`` where ``records`` is
 ``$FACESTUDY_RECORDS`` (set by ``facestudy run``) or ``<cache>/records``. ``facestudy scorecard`` gathers
 all chapters' records into the book's scorecard page.
