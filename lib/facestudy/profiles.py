@@ -437,7 +437,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "dose_sides": [14], "fusion_lfw_limit": 300, "fusion_identities": 4,
     },
     "04_facemint": {
-        "limit_per_set": 80, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
+        "limit_per_set": 40, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
         "sweep_expansion": [4, 32], "sae_seeds": 2, "sae_steps": 6, "resample_every": 3, "batch_size": 256,
         "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1], "n_show": 4, "contrast_n": 5,
         "ablation_n": 3, "actmax_steps": 2, "actmax_seeds": 1,

@@ -173,6 +173,7 @@ def _failure(exc: Exception) -> str:
 
 
 REHEARSAL_DIR = Path("_build") / "rehearsal"  # default output of a rehearsal (never the book's executed/)
+REHEARSAL_FIXTURES_VERSION = "2"  # bump when data.fixtures writes different files (2: calibrated IResNet BN)
 
 
 def rehearsal_fixtures() -> Path:
@@ -184,10 +185,10 @@ def rehearsal_fixtures() -> Path:
 
     folder = store.cache_dir() / "rehearsal-fixtures"
     done = folder / ".complete"
-    if not done.exists():
+    if not done.exists() or done.read_text().strip() != REHEARSAL_FIXTURES_VERSION:
         print(f"facestudy: writing the paper-format fixtures for the rehearsal into {folder} (once)", flush=True)
         write_fixtures(folder, big=True)
-        done.write_text("ok\n")
+        done.write_text(REHEARSAL_FIXTURES_VERSION + "\n")
     return folder
 
 

@@ -135,12 +135,24 @@ def write_bins(folder: Path, faces, pairs: pd.DataFrame, names: Sequence[str] = 
 
 
 def iresnet_state(depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A randomly initialised IResNet-``depth`` state dict with arcface_torch's keys and shapes (512-d)."""
+    """A randomly initialised IResNet-``depth`` state dict with arcface_torch's keys and shapes (512-d).
+
+    The BatchNorm running statistics are calibrated on a few random face-sized inputs (as training leaves
+    them in a real checkpoint): with the initial mean 0 / variance 1 an eval-mode IResNet-100 multiplies its
+    activations at every block and returns NaN embeddings, which stopped chapter 4's paper rehearsal."""
     from ..models import create
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + depth)
-        return create(f"iresnet{depth}", embedding_dim=512).state_dict()
+        model = create(f"iresnet{depth}", embedding_dim=512)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for _ in range(2):
+                model(torch.randn(8, 3, 112, 112) * 0.5)
+        return model.eval().state_dict()
 
 
 def cvlface_state(arch: dict[str, Any], seed: int = 0) -> tuple[dict[str, torch.Tensor], Any]:
