@@ -55,6 +55,8 @@ def test_rec_set_is_insightface_layout(fx):
 
     faces = rec_faceset(folder / "ms1m" / "train.rec", n_identities=2, max_per_identity=30)
     assert len(faces) == 2 * PER_ID and faces.n_identities == 2 and faces.images.shape[1:] == (112, 112, 3)
+    every = rec_faceset(folder / "ms1m" / "train.rec", n_identities=10 ** 6, max_per_identity=10 ** 6)
+    assert len(every) == n and every.n_identities == N_IDS  # stops at the header's end: no identity records
 
 
 def test_verification_bins_read_back_in_lfw_order(fx):

@@ -139,11 +139,16 @@ def rec_faceset(path: Path, n_identities: int, max_per_identity: int) -> Any:
 
     images, labels = [], []
     seen: dict[int, int] = {}
+    from ..data.formats import unpack_record
+
     with RecordIOReader(path) as rec:
-        for key in sorted(rec.keys):
-            header, img = rec.read_image(key) if key != 0 else (None, None)
-            if header is None:
-                continue
+        keys = sorted(rec.keys)
+        first = unpack_record(rec.read(keys[0]))[0] if keys else {"flag": 0}
+        if first["flag"] > 0 and len(keys) > 1:  # InsightFace: record 0 is a header whose label[0] ends the
+            end = int(first["label"][0])           # image records; the per-identity records follow them
+            keys = [k for k in keys[1:] if k < end] if end > 1 else keys[1:]
+        for key in keys:
+            header, img = rec.read_image(key)
             lab = header["label"]
             lab = int(lab[0] if np.ndim(lab) else lab)
             if lab not in seen and len(seen) >= n_identities:
