@@ -305,6 +305,10 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "f2_l0_fraction": 0.4,  # F2 reads EV at L0 = 0.4 d (the paper's sparsest "perfect" run: 206 / 512)
             "f1_sparse_max": 0.01,  # F1: the sparse mode must sit below this density
             "f4_min_active": 0.25,  # F4 needs the chosen latent active on this fraction of faces before the edit
+            # scale preconditions of F1 / F2 (a scale artefact must read "untestable here", never a contradiction):
+            # F1's sparse band (densities 1e-5 .. 1e-3) needs >= 10 images at density 1e-3; F2's "near-perfect"
+            # held-out reconstruction is data-limited (the issue's bar: SAEs on >= 30k real templates)
+            "f1_min_templates": 10000, "f2_min_templates": 30000,
             "main_kind": "gated",  # SAE family of F1, F3, F4 and act-max (the paper's predecessor uses a gated SAE)
             "n_show": 6,  # images per row in dataset-search grids
             "contrast_n": 20,  # images in each contrastive set
@@ -336,7 +340,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                   "grid_l1": [0.3, 1.0, 3.0, 10.0, 30.0], "grid_gated_l1": [0.3, 1.0, 3.0, 10.0, 30.0],
                   "grid_k": [8, 16, 32, 64, 128, 256], "grid_l0": [0.01, 0.03, 0.1, 0.3, 1.0], "n_show": 8,
                   "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "actmax_seeds": 3,
-                  "dip_channels": 128, "dip_scales": 5},
+                  "dip_channels": 128, "dip_scales": 5,
+                  "early_layer": "layer1", "late_layer": "layer4"},  # IResNet-100's first stage and last stage
     },
     "05_distillation": {
         "base": {
@@ -437,7 +442,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "dose_sides": [14], "fusion_lfw_limit": 300, "fusion_identities": 4,
     },
     "04_facemint": {
-        "limit_per_set": 40, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
+        "limit_per_set": 100, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
         "sweep_expansion": [4, 32], "sae_seeds": 2, "sae_steps": 6, "resample_every": 3, "batch_size": 256,
         "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1], "n_show": 4, "contrast_n": 5,
         "ablation_n": 3, "actmax_steps": 2, "actmax_seeds": 1,

@@ -173,7 +173,8 @@ def untestable(*, why: str, needs: str, what: str = "") -> Verdict:
 def gate(ok: bool, verdict: Verdict, *, why: str, needs: str) -> Verdict:
     """A mechanism precondition: ``verdict`` when ``ok``, else "untestable here" with why / needs
     (e.g. KP-RPE's claims need a model whose embeddings move with its keypoints)."""
-    rule = f"precondition: {why.split(':')[0] if not ok else 'met'}; then {verdict.rule}"
+    rule = (f"precondition met; then {verdict.rule}" if ok
+            else f"precondition failed ({why}); the rule it gates: {verdict.rule}")
     if ok:
         return Verdict(verdict.verdict, rule, verdict.why, verdict.needs, verdict.estimate)
     return Verdict("untestable here", rule, why=why, needs=needs, estimate=verdict.estimate)
