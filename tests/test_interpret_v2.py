@@ -117,3 +117,19 @@ def test_grid_seeds_reports_each_eval_set_and_seed():
     assert list(grid["seed"]) == [0, 1] and "val_EV" in grid and len(models) == 2
     with pytest.raises(ParameterError):
         analysis.grid_seeds(x, [("topk", {"k": 2})], [0], steps=1, batch_size=8, evals={})
+
+
+def test_paper_checkpoint_loads_strictly(tmp_path):
+    """Chapter 4's paper-profile reader refuses a checkpoint with a renamed key (it used strict=False)."""
+    import torch
+
+    from facestudy import models
+    from facestudy.errors import DataError
+    from facestudy.interpret.analysis import study_model
+
+    sd = models.create("iresnet100").state_dict()
+    key = "conv1.weight"
+    sd["renamed." + key] = sd.pop(key)
+    torch.save(sd, tmp_path / "iresnet100.pth")
+    with pytest.raises(DataError, match="renamed.conv1.weight"):
+        study_model("checkpoint", str(tmp_path / "iresnet100.pth"))

@@ -224,14 +224,11 @@ def study_model(name: str, checkpoint: str = ""):
         from .. import data
 
         path = data.locate("fr_checkpoints", "checkpoints/arcface_iresnet100.pth")
-    model = models.create("iresnet100")
+    from ..models.iresnet import load_arcface_state
+
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing:
-        raise DataError(f"{path}: {len(missing)} weights missing for iresnet100 (e.g. {missing[:3]}); supply an "
-                        "arcface_torch IResNet-100 state dict")
-    return model.eval()
+    # strict: a missing, foreign or wrongly shaped key is a DataError naming it (never half the weights)
+    return load_arcface_state(models.create("iresnet100"), state, source=str(path)).eval()
 
 
 # ------------------------------------------------------------------------------ v2: splits, controls, claims
