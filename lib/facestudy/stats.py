@@ -280,7 +280,7 @@ class Design:
 
     claims: str
     chapter: str
-    rule: str  # "t" | "signflip" | "welch" | "spearman" | "noninferior" | "equivalent"
+    rule: str  # "t" | "signflip" | "welch" | "spearman" | "noninferior" | "equivalent" | "ks"
     n: str | int
     unit: str
 
@@ -309,7 +309,7 @@ def design_n(d: Design, profile: str = "default") -> int:
 
 
 # ------------------------------------------------------------------------------------------ calibration
-RULES = ("t", "signflip", "welch", "spearman", "noninferior", "equivalent")
+RULES = ("t", "signflip", "welch", "spearman", "noninferior", "equivalent", "ks")
 
 
 def _t_low_high(x: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
@@ -376,6 +376,12 @@ def simulate(rule: str, n: int, *, effect: float = 0.0, reps: int = 4000, seed: 
             return 0.0
         low, high = _t_low_high(draw((reps, n)) + max(1.0 - effect, 0.0))
         return float(((low > -1.0) & (high < 1.0)).mean())
+    if rule == "ks":  # two-sample KS test of one attribute (chapter 1, G1a): n images per modality each side
+        if n < 2:
+            return 0.0
+        reps = min(reps, 2000)
+        a, b = draw((reps, n)) + effect, draw((reps, n))
+        return float((sps.ks_2samp(a, b, axis=1).pvalue < ALPHA).mean())
     # spearman: y = effect * x + noise, claimed positive correlation, permutation p < ALPHA. Vectorised
     # over replicates with one shared set of random pairings (the same test stats.spearman runs with scipy;
     # tests/test_stats.py checks the two p-values agree).
@@ -417,6 +423,7 @@ def calibration_table(profiles_: Sequence[str] = ("default", "gpu"), reps: int =
     return pd.DataFrame(rows)
 # chapter 1 (geometry): KS-entropy correlations over CelebA's 40 attributes, per model; the energy ordering paired
 # over lattice identities; loss-family heads and fine-tunes with seeds as the unit
+DESIGNS.append(Design("G1a", "01_geometry", "ks", "n_max", "images per modality"))
 DESIGNS.append(Design("G1b-G1c", "01_geometry", "spearman", 40, "attributes"))
 DESIGNS.append(Design("G2", "01_geometry", "t", "world_ids", "identities"))
 DESIGNS.append(Design("G3", "01_geometry", "t", "seeds", "seeds"))

@@ -36,7 +36,7 @@ PAPER_LOW_LEVEL: tuple[str, ...] = ("brightness", "contrast", "hue")
 
 
 # ------------------------------------------------------------------------------------------------ G1
-def ks_verdict(row: Mapping, *, model: str, alpha: float = 0.05, min_n: int = 10,
+def ks_verdict(row: Mapping, *, model: str, alpha: float = stats.ALPHA, min_n: int = 10,
                smallest: float | None = None) -> report.Verdict:
     """Is one attribute significantly distance-shaping on one model? (G1a, one part).
 
