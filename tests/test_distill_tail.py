@@ -69,7 +69,7 @@ def test_lowres_is_deterministic_uint8_and_blurs() -> None:
     x = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     name, fn = tail.lowres(8)
     y = fn(x)
-    assert name == "lowres8" and y.dtype == np.uint8 and y.shape == x.shape
+    assert name == "lowres8-u8" and y.dtype == np.uint8 and y.shape == x.shape
     assert np.array_equal(y, fn(x))
     assert np.abs(np.diff(y.astype(float), axis=1)).mean() < np.abs(np.diff(x.astype(float), axis=1)).mean()
     with pytest.raises(ParameterError):

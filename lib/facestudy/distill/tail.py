@@ -193,14 +193,13 @@ def lowres(size: int = 24) -> tuple[str, Any]:
     if size < 4:
         raise ParameterError(f"lowres size must be >= 4 px, got {size}")
 
-    def fn(images: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-        h, w = x.shape[-2:]
-        small = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
-        big = torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-        return big.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    from ..uiface.model import resize_uint8  # the book's one uint8 resize (area down, bilinear up)
 
-    return f"lowres{size}", fn
+    def fn(images: np.ndarray) -> np.ndarray:
+        small = resize_uint8(np.ascontiguousarray(images), size)  # a real low-resolution uint8 image
+        return resize_uint8(small, images.shape[1]).numpy()
+
+    return f"lowres{size}-u8", fn
 
 
 def seeds_matrix(results: dict[tuple[str, int], Any], row: str, seeds: Sequence[int]) -> np.ndarray:
