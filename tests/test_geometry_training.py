@@ -50,41 +50,6 @@ def test_world_binary_attributes():
         world.world_binary_attributes(pd.DataFrame({"x": [1]}))
 
 
-def test_shifted_verification_with_a_colour_sensitive_embedding():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
-
-    def embed(x):
-        e = x.reshape(len(x), -1).astype(float)
-        return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-    pairs = pd.DataFrame({"a": np.arange(0, 40, 2), "b": np.arange(1, 40, 2), "same": [True, False] * 10,
-                          "fold": np.repeat(np.arange(10), 2)})
-    images[1::4] = images[0::4]  # the "same" pairs are pixel-identical
-    out = finetune.shifted_verification(embed, images, pairs, "brightness", [0.0, 0.25])
-    assert list(out["value"]) == [0.0, 0.25]
-    assert out["accuracy"].iloc[0] == pytest.approx(1.0)
-
-
-def test_train_cached_trains_once_then_loads(tmp_path, monkeypatch):
-    from facestudy.data import FaceSet
-
-    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
-    rng = np.random.default_rng(0)
-    fs = FaceSet(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(4), 4),
-                 pd.DataFrame(index=range(16)), name="tiny", source="synthetic")
-    kw = dict(backbone_kw={"embedding_dim": 16, "input_size": 32, "width": 8}, epochs=1, batch_size=8, lr=0.01)
-    m1, info1 = finetune.train_cached("smallcnn", "arcface", fs, **kw)
-    m2, info2 = finetune.train_cached("smallcnn", "arcface", fs, **kw)
-    assert not info1["loaded"] and info2["loaded"] and info1["path"] == info2["path"]
-    x = fs.images[:4]
-    assert torch.allclose(m1.embed(x), m2.embed(x))
-    _, info3 = finetune.train_cached("smallcnn", "arcface", fs, init=m1, tag="ft", **kw)
-    assert info3["path"] != info1["path"]
-    with pytest.raises(ParameterError):
-        finetune.train_cached("smallcnn", "arcface", fs.subset(np.arange(4, 16)), **kw)
-
-
 def test_paper_profile_missing_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
     from facestudy.errors import DataError
     from facestudy.geometry import paper

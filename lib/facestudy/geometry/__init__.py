@@ -9,10 +9,9 @@
 - :mod:`.imageops`    brightness / contrast / hue / blur / roll / scale as torch image operations;
 - :mod:`.lattices`    one-attribute curves from image operations or from any batch renderer;
 - :mod:`.world`       synthetic-world lattices and binary attributes (:mod:`facestudy.faceworld`);
-- :mod:`.finetune`    cached loss-family training, attribute augmentation, shifted verification;
+- :mod:`.finetune`    attribute augmentation for the fine-tune validation, cache keys;
 - :mod:`.paper`       the paper profile's user-supplied checkpoints;
 - :mod:`.heads`       loss-family tails trained on the frozen real MobileFaceNet trunk's cached features;
 - :mod:`.claims`      the paper's claims G1-G4 as calibrated rules (:mod:`facestudy.stats` / :mod:`facestudy.report`).
 """
-from . import (claims, energy, entropy, finetune, heads, imageops, lattices, macroscale, paper,  # noqa: F401
-               probes, world)
+from . import claims, energy, entropy, finetune, heads, imageops, lattices, macroscale, paper, probes, world  # noqa: F401
