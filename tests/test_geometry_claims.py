@@ -12,17 +12,18 @@ from facestudy.geometry import claims, energy, entropy, heads, macroscale
 def _world(seed=0, n_ids=200, per_id=3, n_attr=12):
     """Embeddings where identity-level attributes shape distances and image-level ones do not.
 
-    Attribute j is constant within an identity with probability 1 - mix_j (small for the named ones) (else drawn per image),
-    and moves the embedding along its own direction only when it is an identity trait: attributes with low
+    Attribute j is constant within an identity with probability 1 - mix_j (small for the named ones) (else drawn
+    per image), and moves the embedding along its own direction only when it is an identity trait: attributes with low
     intra-identity entropy shape inter-identity distances (the paper's correlation)."""
     rng = np.random.default_rng(seed)
     dim = 32
     ids = np.repeat(np.arange(n_ids), per_id)
     emb = rng.normal(size=(n_ids, dim))[ids] + 0.3 * rng.normal(size=(len(ids), dim))
     names = list(claims.PAPER_NAMED) + [f"a{j}" for j in range(n_attr - len(claims.PAPER_NAMED))]
-    mixes = np.r_[np.linspace(0.0, 0.2, len(claims.PAPER_NAMED)), np.linspace(0.3, 1.0, n_attr - len(claims.PAPER_NAMED))]
+    n_named = len(claims.PAPER_NAMED)
+    mixes = np.r_[np.linspace(0.0, 0.2, n_named), np.linspace(0.3, 1.0, n_attr - n_named)]
     cols = {}
-    for name, mix in zip(names, mixes):
+    for name, mix in zip(names, mixes, strict=True):
         trait = rng.choice([-1, 1], n_ids)[ids]
         noise = rng.choice([-1, 1], len(ids))
         per_image = rng.random(n_ids)[ids] < mix

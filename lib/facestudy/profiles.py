@@ -293,7 +293,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "sae_steps": 600,  # Adam steps per SAE (~32 epochs of the training templates at default)
             "sae_lr": 3e-3,  # Adam learning rate of every SAE in the grid
             "batch_size": 256,  # templates per step
-            "resample_every": 250,  # vanilla / gated: every 250 steps resample latents silent on the last 50 batches (0 = off)
+            # vanilla / gated: every 250 steps resample latents silent on the last 50 batches (0 = off)
+            "resample_every": 250,
             "grid_l1": [1.0, 2.0, 4.0],  # vanilla lambda grid (log; inputs scaled to E||x|| = sqrt(d))
             "grid_gated_l1": [1.0, 3.0, 10.0],  # gated lambda grid (log)
             "grid_k": [16, 32, 64],  # TopK k grid
@@ -323,7 +324,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "early_layer": "conv2_dw",  # "early channel" of the act-max grid
             "late_layer": "conv_sep",  # "last layer" of the act-max grid
         },
-        "smoke": {"datasets": ["celeba10k", "utkface"], "limit_per_set": 80, "min_positives": 2, "synthetic_identities": 8,
+        "smoke": {"datasets": ["celeba10k", "utkface"], "limit_per_set": 80, "min_positives": 2,
+                  "synthetic_identities": 8,
                   "synthetic_per_identity": 4, "expansion": 2, "sweep_expansion": [2], "sae_seeds": 2,
                   "sae_steps": 15, "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1],
                   "resample_every": 5, "n_show": 4, "contrast_n": 5, "ablation_n": 3, "actmax_size": 48,
