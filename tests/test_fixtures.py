@@ -158,3 +158,42 @@ def test_fixture_requests_are_checked(tmp_path):
         fixtures.write_fixtures(tmp_path, source="web")
     assert cli.main(["data", "fixtures"]) == 2
     assert cli.main(["data", "fixtures", "a", "b"]) == 2
+
+
+class _Foreign:  # stands for a Lightning checkpoint's pickled hyper-parameter object
+    pass
+
+
+def test_adaface_ir_reader_is_strict_bgr_and_never_unpickles_code(fx, as_data_root, monkeypatch):
+    """AdaFace's IR layout (chapter 1, paper): a Lightning-style checkpoint loads strictly into IRNet with the
+    ``model.`` prefix and the margin head's keys left out; the network reads BGR; a checkpoint of another
+    depth, or one that pickles a foreign object, is a DataError that names the problem and the fix."""
+    from facestudy.data.store import _MANIFEST_CACHE
+    from facestudy.geometry.paper import load_paper_model
+    from facestudy.models.irnet import IRNet
+
+    ck = fixtures.adaface_checkpoint(18)
+    assert "head.kernel" in ck["state_dict"] and all(k.startswith(("model.", "head.")) for k in ck["state_dict"])
+    keys = {k[len("model."):] for k in ck["state_dict"] if k.startswith("model.")}
+    assert {"input_layer.0.weight", "body.0.res_layer.4.weight", "body.2.shortcut_layer.0.weight",
+            "output_layer.3.weight", "output_layer.4.running_var"} <= keys
+    assert "body.0.shortcut_layer.0.weight" not in keys  # 64 -> 64, stride 2: a max-pool shortcut
+    assert "output_layer.4.weight" not in keys  # the embedding BatchNorm has no affine parameters
+    model = iresnet_mod.load_arcface_state(IRNet(18), ck, "ir18.ckpt", "model.", layout="AdaFace IR").eval()
+    img = np.random.default_rng(0).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    x = model.preprocess(img)
+    assert model.bgr and torch.allclose(x[:, 0], (torch.from_numpy(img[..., 2]).float() - 127.5) / 127.5)
+    e = model.embed(img)
+    assert e.shape == (2, 512) and torch.isfinite(e).all()
+
+    folder, _ = fx
+    path = folder / "checkpoints" / "adaface_ir101_webface4m.ckpt"
+    monkeypatch.setenv("FACESTUDY_MANIFESTS", "")  # the repo's manifest (no fixed sha256: any copy)
+    _MANIFEST_CACHE.clear()
+    torch.save(ck, path)  # an IR-18 where the IR-101 belongs
+    with pytest.raises(DataError, match=r"does not fit ir100 \(AdaFace IR keys\).*missing"):
+        load_paper_model("adaface_r100")
+    torch.save({**ck, "hyper_parameters": _Foreign()}, path)
+    with pytest.raises(DataError, match="never unpickles code.*weights_only=False"):
+        load_paper_model("adaface_r100")
+    path.unlink()

@@ -134,25 +134,42 @@ def write_bins(folder: Path, faces, pairs: pd.DataFrame, names: Sequence[str] = 
     return out
 
 
-def iresnet_state(depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A randomly initialised IResNet-``depth`` state dict with arcface_torch's keys and shapes (512-d).
+def _calibrated_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict after its BatchNorm running statistics were set on a few random face-sized
+    inputs (as training leaves them in a real checkpoint): with the initial mean 0 / variance 1 an eval-mode
+    IResNet-100 multiplies its activations at every block and returns NaN embeddings, which stopped chapter 4's
+    paper rehearsal."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 112, 112) * 0.5)
+    return model.eval().state_dict()
 
-    The BatchNorm running statistics are calibrated on a few random face-sized inputs (as training leaves
-    them in a real checkpoint): with the initial mean 0 / variance 1 an eval-mode IResNet-100 multiplies its
-    activations at every block and returns NaN embeddings, which stopped chapter 4's paper rehearsal."""
+
+def iresnet_state(depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A randomly initialised IResNet-``depth`` state dict with arcface_torch's keys and shapes (512-d),
+    BatchNorm statistics calibrated (:func:`_calibrated_state`)."""
     from ..models import create
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + depth)
-        model = create(f"iresnet{depth}", embedding_dim=512)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        with torch.no_grad():
-            for _ in range(2):
-                model(torch.randn(8, 3, 112, 112) * 0.5)
-        return model.eval().state_dict()
+        return _calibrated_state(create(f"iresnet{depth}", embedding_dim=512))
+
+
+def adaface_checkpoint(depth: int = 100, seed: int = 0) -> dict[str, Any]:
+    """A randomly initialised AdaFace IR-``depth`` in the layout of AdaFace's released Lightning ``.ckpt``:
+    ``{"state_dict": {"model.<IR key>": ..., "head.kernel": ...}, "epoch", "global_step"}`` (tensors and
+    numbers only, so it loads with ``weights_only=True``; the real file also pickles its hyper-parameters)."""
+    from ..models.irnet import IRNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1000 + depth)
+        state = {f"model.{k}": v for k, v in _calibrated_state(IRNet(depth)).items()}
+        state["head.kernel"] = torch.randn(512, 16) * 0.01  # the margin head's class centres (not read)
+    return {"epoch": 0, "global_step": 0, "state_dict": state}
 
 
 def cvlface_state(arch: dict[str, Any], seed: int = 0) -> tuple[dict[str, torch.Tensor], Any]:
@@ -215,7 +232,8 @@ def write_fixtures(folder: str | Path, *, big: bool = False, source: str = "auto
     """Write the fixtures into ``folder``; returns one row per file (manifest, path, bytes, content).
 
     ``iresnets`` picks the IResNet depths (default 18 and 50, plus 100 when ``big``); ``big`` also writes
-    the ViT-base KP-RPE checkpoint at the path chapter 3's ``paper`` profile reads."""
+    the AdaFace IR-101 checkpoint chapter 1's ``paper`` profile reads and the ViT-base KP-RPE checkpoint at
+    the path chapter 3's ``paper`` profile reads."""
     folder = Path(folder)
     if identities < 2 or per_identity < 2 or pairs_per_fold < 1:
         raise ParameterError("fixtures need identities >= 2, per_identity >= 2 and pairs_per_fold >= 1")
@@ -258,6 +276,15 @@ def write_fixtures(folder: str | Path, *, big: bool = False, source: str = "auto
         say(f"IResNet-{d}: {n_par / 1e6:.1f} M parameters -> {path}")
         torch.save(state, path)
         add("fr_checkpoints", path, f"random IResNet-{d}, arcface_torch keys, {n_par / 1e6:.1f} M parameters")
+    if big:
+        ckpt = adaface_checkpoint(100, seed)
+        n_par = sum(v.numel() for k, v in ckpt["state_dict"].items()
+                    if k.startswith("model.") and not k.endswith("num_batches_tracked"))
+        path = ck / "adaface_ir101_webface4m.ckpt"
+        say(f"AdaFace IR-101: {n_par / 1e6:.1f} M parameters -> {path}")
+        torch.save(ckpt, path)
+        add("fr_checkpoints", path, f"random AdaFace IR-101, Lightning .ckpt layout (state_dict with model. keys), "
+                                    f"{n_par / 1e6:.1f} M parameters")
     for arch, stem, name in ([(TINY_VIT, "cvlface_vit_kprpe_tiny", "tiny")]
                              + ([(BASE_VIT, "cvlface_vit_base_kprpe_webface4m", "base")] if big else [])):
         state, _ = cvlface_state(arch, seed)

@@ -90,9 +90,10 @@ def iresnet(depth: int, **kw) -> IResNet:
     return IResNet(LAYERS[depth], **kw)
 
 
-def load_arcface_state(model: IResNet, state: Mapping[str, Any], source: str = "state dict",
-                       prefix: str = "") -> IResNet:
-    """Load an arcface_torch IResNet state dict into ``model`` strictly (the ``paper`` profile's reader).
+def load_arcface_state(model: nn.Module, state: Mapping[str, Any], source: str = "state dict",
+                       prefix: str = "", layout: str = "arcface_torch IResNet") -> nn.Module:
+    """Load a released state dict into ``model`` strictly (the ``paper`` profile's reader; ``layout`` names
+    the key layout in errors: arcface_torch IResNet, or AdaFace IR for :class:`~facestudy.models.irnet.IRNet`).
 
     ``state`` may wrap the weights under ``state_dict`` (a Lightning ``.ckpt``); keys starting with
     ``prefix`` (e.g. ``"model."``) are taken with it stripped, a DataParallel ``module.`` prefix is dropped.
@@ -104,21 +105,21 @@ def load_arcface_state(model: IResNet, state: Mapping[str, Any], source: str = "
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise DataError(f"{source}: holds a {type(state).__name__}, not an IResNet state dict")
+        raise DataError(f"{source}: holds a {type(state).__name__}, not an {layout} state dict")
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     want = model.state_dict()
     missing = [k for k in want if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in want]
-    shapes = [f"{k} {tuple(state[k].shape)} (IResNet: {tuple(want[k].shape)})" for k in want
+    shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(want[k].shape)})" for k in want
               if k in state and tuple(getattr(state[k], "shape", ())) != tuple(want[k].shape)]
     if missing or unexpected or shapes:
         parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
                  f"{len(shapes)} of another shape (e.g. {'; '.join(shapes[:2])})" if shapes else ""]
-        raise DataError(f"{source} does not fit {model.name} (arcface_torch keys): "
-                        f"{'; '.join(p for p in parts if p)}; supply an arcface_torch IResNet state dict of this "
+        raise DataError(f"{source} does not fit {model.name} ({layout} keys): "
+                        f"{'; '.join(p for p in parts if p)}; supply an {layout} state dict of this "
                         f"depth (see data_manifests/fr_checkpoints.yaml)")
     model.load_state_dict(state, strict=False)
     return model
