@@ -36,8 +36,12 @@ html: venv
 	$(BIN)/facestudy scorecard --records book/executed --out book/executed/scorecard.md
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
+# Two pytest workers with one thread each (pytest-xdist; two 2-thread workers on two cores collapse, issue 21);
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST_PAR := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 test: venv
-	$(BIN)/python -m pytest -q
+	$(if $(PYTEST_PAR),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(BIN)/python -m pytest -q $(PYTEST_PAR)
 
 lint: venv
 	$(BIN)/ruff check lib tests benchmarks

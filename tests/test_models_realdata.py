@@ -63,10 +63,12 @@ def test_full_lfw_accuracy(name):
         pytest.skip("LFW or the weights are absent")
     from facestudy.eval import evaluate_pairs
 
-    # LFW-112 as shipped (no detection): the protocol of the README's measured 99.20 / 98.27, and fast on
-    # CI's fresh cache. Chapter 00b_models reports the re-aligned (ArcFace template) numbers as well.
+    # LFW-112 as shipped (no detection), all 6,000 pairs, without the flip average: the README's 99.20 /
+    # 98.27 were measured with it; without it the same models measured 99.20 / 98.20 (2026-11-29) at half the
+    # forward passes (make test's budget). The flip path has its own test above; chapter 00b_models reports
+    # the re-aligned (ArcFace template) numbers as well.
     faces, pairs = fdata.lfw_pairs(as_shipped=True)
     assert len(pairs) == 6000 and len(faces) == 7701
-    r = evaluate_pairs(M.pretrained(name), faces, pairs, flip=True, cache=False)
+    r = evaluate_pairs(M.pretrained(name), faces, pairs, flip=False, cache=False)
     print(f"{name}: LFW {100 * r.accuracy:.2f} +- {100 * r.accuracy_std:.2f} %")
     assert r.accuracy >= LFW_TARGET[name], r

@@ -235,7 +235,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             # P(next sample repeats the previous identity)
             "augment": {}, "repeat_prob": 0.1,
             # evaluation: LFW View-2 pairs kept per fold (balanced), three conditions
-            "lfw_pairs_per_fold": 40,
+            "lfw_pairs_per_fold": 40, "lfw_folds": 10,  # folds of View 2 used (10 = the protocol; < 10: rehearsal)
             # ablations: keypoint subsets (5 = all, 3 = eyes + nose, 2 = eyes) and landmark noise alphas
             "keypoint_counts": [5, 2], "noise_alphas": [0.0, 0.025, 0.05, 0.1],
             # overhead measurement (K4)
@@ -431,17 +431,17 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "n_real_recall": 20, "recall_k": 2, "fr_epochs": 1, "lfw_per_fold": 4, "fr_seeds": [0],
     },
     "01_geometry": {
-        "celeba_limit": 200, "n_max": 40, "n_boot": 20, "ks_equal_n": 5, "ks_equal_reps": 5, "world_macro_ids": 20,
+        "celeba_limit": 60, "n_max": 40, "n_boot": 20, "ks_equal_n": 5, "ks_equal_reps": 5, "world_macro_ids": 20,
         "world_macro_per_id": 2, "probe_limit": 40, "seeds": [0, 1, 2], "train_limit": 200, "train_world_ids": 8,
         "train_world_per_id": 4, "head_epochs": 1, "world_ids": 3, "world_curves": 4,
         "world_attributes": ["yaw", "hue"], "real_ids": 2, "real_curves": 4, "real_attributes": ["brightness"],
-        "k": 3, "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 4,
+        "k": 3, "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 2,
     },
     "03_kprpe": {
-        "id299_limit": 64, "celeba10k_limit": 32, "synth_identities": 8, "synth_per_identity": 4, "epochs": 1,
-        "batch_size": 16, "lfw_pairs_per_fold": 2, "keypoint_counts": [5, 2], "noise_alphas": [0.0, 0.1],
-        "overhead_batch": 8, "overhead_steps": 1, "overhead_repeats": 1, "seeds": [0, 1], "dose_strengths": [1.0, 2.0],
-        "dose_sides": [14], "fusion_lfw_limit": 300, "fusion_identities": 4,
+        "id299_limit": 40, "celeba10k_limit": 0, "synth_identities": 0, "synth_per_identity": 2, "epochs": 1,
+        "batch_size": 8, "lfw_pairs_per_fold": 2, "lfw_folds": 3, "keypoint_counts": [5, 2], "noise_alphas": [0.0, 0.1],
+        "overhead_batch": 4, "overhead_steps": 1, "overhead_repeats": 1, "seeds": [0, 1], "dose_strengths": [1.0],
+        "dose_sides": [14], "fusion_lfw_limit": 300, "fusion_identities": 2,
     },
     "04_facemint": {
         "limit_per_set": 100, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,

@@ -409,15 +409,22 @@ def load(name: str, limit: int | None = None, seed: int = 0) -> FaceSet:
     return _faceset(name, _subset_rows(name, limit, seed), f"limit={limit}, seed={seed}")
 
 
-def lfw_pairs(n_per_fold: int | None = None, as_shipped: bool = False) -> tuple[FaceSet, pd.DataFrame]:
+def lfw_pairs(n_per_fold: int | None = None, as_shipped: bool = False,
+              folds: int | None = None) -> tuple[FaceSet, pd.DataFrame]:
     """LFW View-2 protocol: the FaceSet of the images the pairs use, and the pairs table (columns ``a``,
     ``b`` = row indices into that FaceSet, ``same`` bool, ``fold`` 0..9). ``n_per_fold`` keeps the first
-    ceil(n/2) same and floor(n/2) different pairs of each fold (balanced), loading only their images.
+    ceil(n/2) same and floor(n/2) different pairs of each fold (balanced), loading only their images;
+    ``folds`` keeps folds 0..folds-1 only (>= 2: each fold's threshold is chosen on the others; the
+    rehearsals' cap).
 
     ``as_shipped=True`` returns the tar's images exactly as shipped (the SphereFace 96x112 layout on a
     112 canvas, no detection, no re-alignment, no landmarks): the protocol behind the numbers quoted in
     the data README, and fast on a fresh cache (no MTCNN)."""
     raw = read_lfw_pairs(locate("lfw", "pairs.txt"))
+    if folds is not None:
+        if not 2 <= int(folds) <= 10:
+            raise DataError(f"lfw_pairs: folds must be 2..10 (View 2 has ten), got {folds}")
+        raw = raw[raw["fold"] < int(folds)]
     if n_per_fold is not None:
         if n_per_fold < 2:
             raise DataError(f"lfw_pairs: n_per_fold must be >= 2 (one same, one different), got {n_per_fold}")
