@@ -41,7 +41,7 @@ html: venv
 TEST_WORKERS ?= 2
 PYTEST_PAR := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 test: venv
-	$(if $(PYTEST_PAR),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(BIN)/python -m pytest -q $(PYTEST_PAR)
+	$(if $(PYTEST_PAR),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(BIN)/python -m pytest -q --durations=25 $(PYTEST_PAR)
 
 lint: venv
 	$(BIN)/ruff check lib tests benchmarks

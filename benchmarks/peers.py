@@ -13,6 +13,8 @@ Rows (each measurement runs in a fresh subprocess, so the OpenMP / malloc settin
   process settings (passive OpenMP waits, mallopt) and without them ("before": OMP_WAIT_POLICY unset,
   FACESTUDY_NO_MALLOPT=1).
 - trainer: ``train.fit`` vs a plain torch loop (same model, head, batches, optimiser) on a face-world set.
+- chapter (only with ``--only ...,chapter``; minutes): ``facestudy run 00a`` (``--chapter``, ``--chapter-profile``)
+  alone and with the competing job; its ratio is printed above the last line.
 
 The machine this runs on may be shared: read the ratios, not the absolute numbers. Workers print CPU time
 (user + sys of the worker) beside wall time. Results also go to ``<cache>/benchmarks/peers.json`` (chapter 0
@@ -188,6 +190,20 @@ def worker(name: str, args) -> dict:
                     loss.backward()
                     opt.step()
         out.update(wall=time.perf_counter() - t0, cpu=_cpu() - c0, n=epochs * (len(fs.labels) // bs) * bs)
+    elif name == "chapter":
+        import tempfile
+
+        # the whole chapter through the CLI (its kernel is a child: CPU time from the children's rusage)
+        cli = Path(sys.executable).with_name("facestudy")
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = subprocess.run([str(cli), "run", args.chapter, "--profile", args.chapter_profile, "--out", tmp,
+                                  "--quiet"], capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise SystemExit(f"chapter {args.chapter} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.update(wall=wall, cpu=ch.ru_utime + ch.ru_stime, n=1)
     else:
         raise SystemExit(f"unknown worker {name}")
     return out
@@ -205,7 +221,8 @@ def spawn(name: str, args, env_extra: dict | None = None) -> dict:
         env.pop(k, None)
     env.update(env_extra or {})
     cmd = [sys.executable, str(HERE), "--worker", name, "--n-detect", str(args.n_detect), "--n-embed",
-           str(args.n_embed), "--n-render", str(args.n_render)]
+           str(args.n_embed), "--n-render", str(args.n_render), "--chapter", args.chapter, "--chapter-profile",
+           args.chapter_profile]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"worker {name} failed:\n{res.stderr[-3000:]}")
@@ -219,7 +236,10 @@ def main() -> None:
     ap.add_argument("--n-detect", type=int, default=100)
     ap.add_argument("--n-embed", type=int, default=256)
     ap.add_argument("--n-render", type=int, default=256)
-    ap.add_argument("--only", default="detect,embed,contention,trainer")
+    ap.add_argument("--only", default="detect,embed,contention,trainer",
+                    help="rows to measure; add 'chapter' for a whole chapter idle vs contended (minutes)")
+    ap.add_argument("--chapter", default="00a", help="the chapter of the 'chapter' rows")
+    ap.add_argument("--chapter-profile", default="default", help="its profile")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
@@ -238,6 +258,8 @@ def main() -> None:
                  ("render contended (before)", "render", BEFORE_ENV, True)]
     if "trainer" in parts:
         jobs += [("train fit", "train_fit", {}, False), ("train plain", "train_plain", {}, False)]
+    if "chapter" in parts:
+        jobs += [("chapter idle", "chapter", {}, False), ("chapter contended", "chapter", {}, True)]
     results: dict[str, list[dict]] = {k: [] for k, *_ in jobs}
     for r in range(args.rounds):
         for key, name, env, contended in (jobs if r % 2 == 0 else jobs[::-1]):  # interleaved, order alternates
@@ -272,6 +294,9 @@ def main() -> None:
               "embed": ratio("embed ours", "embed peer", inverse=True),
               "contention": ratio("render contended", "render idle"),
               "trainer": ratio("train fit", "train plain")}
+    if "chapter idle" in med:
+        print(f"chapter {args.chapter} ({args.chapter_profile}): contended / idle wall time = "
+              f"{ratio('chapter contended', 'chapter idle'):.2f}")
     before = {"detect": ratio("detect before (MTCNN)", "detect peer", inverse=True),
               "embed": ratio("embed before (eager)", "embed peer", inverse=True),
               "contention": ratio("render contended (before)", "render idle (before)")}

@@ -57,9 +57,9 @@ def load_paper_model(name: str) -> torch.nn.Module:
     except pickle.UnpicklingError as e:  # e.g. a Lightning .ckpt whose hyper-parameters pickle foreign classes
         raise DataError(
             f"{path} holds objects other than tensors ({str(e).splitlines()[0][:160]}); facestudy never unpickles "
-            "code. Keep only its weights, once, in a trusted shell: python -c \"import torch; c = torch.load('"
-            f"{path.name}', weights_only=False); torch.save({{'state_dict': c['state_dict']}}, '{path.name}')\" "
-            "then update its sha256 in data_manifests/fr_checkpoints.yaml") from None
+            "code. Re-save only its weights once, where you trust the file (load it with torch.load's weights-only "
+            "check off, then torch.save({'state_dict': ckpt['state_dict']}, same path)), and update its sha256 in "
+            "data_manifests/fr_checkpoints.yaml") from None
     except Exception as e:  # a truncated file, or one that is not a weights-only pickle
         raise DataError(f"{path} cannot be read as a state dict ({type(e).__name__}: {str(e)[:160]}); is this "
                         "the checkpoint the manifest describes?") from None
