@@ -12,6 +12,8 @@ export FACESTUDY_DATA
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 export MALLOC_TOP_PAD_ ?= 1073741824
+# OpenMP threads sleep at barriers instead of spinning (facestudy.runtime; a shared CPU collapses otherwise)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: all venv book chapters html test lint clean
 all: book

@@ -7,8 +7,8 @@ Rows (each measurement runs in a fresh subprocess, so the OpenMP / malloc settin
 - detect: our detector (RetinaFace-MobileNet-0.25, onnxruntime, our batching/decoding) vs the same ONNX file
   run the way the release's detect.py runs it (one image per call, default onnxruntime session, numpy
   decode + NMS); "before": our MTCNN. Images: UTKFace 200x200 chips (every k-th of the tar).
-- embed: ``FaceModel.embed`` (BatchNorm-folded, sub-batches of 32) vs the exported MobileFaceNet-MS1M in
-  a default onnxruntime session at batch 256; "before": eager torch at batch 256.
+- embed: ``FaceModel.embed`` (BatchNorm-folded torch, sub-batches of 128) vs the exported MobileFaceNet-MS1M
+  in a default onnxruntime session at batch 256; "before": eager torch.
 - contention: the face-world renderer, alone and with one competing 2-thread torch job, with facestudy's
   process settings (passive OpenMP waits, mallopt) and without them ("before": OMP_WAIT_POLICY unset,
   FACESTUDY_NO_MALLOPT=1).
@@ -85,10 +85,12 @@ def _peer_nms(boxes, scores, thr):
 
 
 def worker(name: str, args) -> dict:
+    # facestudy first, as a chapter does: its process settings (OMP_WAIT_POLICY=PASSIVE) must be in the
+    # environment before torch loads its OpenMP runtime, which reads them once (torch imported first keeps
+    # the spinning default: the renderer measured 3.8x slower under contention that way, 1.2x this way)
+    import facestudy  # noqa: F401,I001  (process settings)
     import numpy as np
     import torch
-
-    import facestudy  # noqa: F401  (process settings)
 
     out: dict = {"threads": torch.get_num_threads()}
     if name.startswith("detect"):
@@ -276,12 +278,24 @@ def main() -> None:
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("wall", "cpu")} | {"n": v[0]["n"],
            "threads": v[0]["threads"], **({"found": v[0]["found"]} if "found" in v[0] else {})}
            for k, v in results.items() if v}
+    measured = set(med)
+    try:  # rows not measured this time keep their latest figures (the JSON says when each row was measured)
+        from facestudy.data.store import cache_dir
+
+        old = json.loads((cache_dir() / "benchmarks" / "peers.json").read_text())
+        med = {k: v for k, v in old.get("rows", {}).items() if k not in measured} | med
+    except (OSError, ValueError, ImportError):
+        pass
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for k in measured:
+        med[k]["when"] = now
     print(f"medians of {args.rounds} interleaved runs; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end (a shared machine inflates wall time: compare ratios)")
     print("| row | items | wall s | img/s | CPU s (user+sys) | CPU ms/img | notes |")
     print("|---|---|---|---|---|---|---|")
     for k, m in med.items():
         note = f"found {m['found']}/{m['n']}" if "found" in m else ""
+        note += "" if k in measured else f" (kept from {m.get('when', 'an earlier run')})"
         print(f"| {k} | {m['n']} | {m['wall']:.2f} | {m['n'] / m['wall']:.1f} | {m['cpu']:.2f} | "
               f"{1000 * m['cpu'] / m['n']:.1f} | {note} threads={m['threads']} |")
 

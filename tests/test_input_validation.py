@@ -123,7 +123,7 @@ def test_cv2_and_torch_warps_agree():
     assert diff[:, 2:-2, 2:-2].max() <= 1  # bilinear in fixed point vs float: one grey level
 
 
-def test_released_weights_embed_through_onnxruntime(net, tmp_path, monkeypatch):
+def test_released_weights_embed_through_onnxruntime_when_asked(net, tmp_path, monkeypatch):
     if not fast.ort_available():
         pytest.skip("onnxruntime not installed")
     import copy
@@ -132,6 +132,9 @@ def test_released_weights_embed_through_onnxruntime(net, tmp_path, monkeypatch):
     m = copy.deepcopy(net)
     m.__dict__.pop("_folded", None)
     m.weights_tag = "test-weights"  # released weights: exported once, keyed by their hash
+    assert not isinstance(m.inference_module(), fast.OrtModule)  # the default: the folded torch copy
+    m.__dict__.pop("_folded", None)
+    monkeypatch.setenv("FACESTUDY_EMBED_BACKEND", "onnxruntime")
     assert isinstance(m.inference_module(), fast.OrtModule)
     assert len(list((tmp_path / "onnx").glob("test-weights-*.onnx"))) == 1
     with torch.no_grad():

@@ -33,3 +33,15 @@ def test_import_sets_wait_policy_malloc_and_threads():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     policy, tuned, threads, cpus = out.stdout.split()
     assert policy == "PASSIVE" and tuned == "True" and threads == cpus
+
+
+def test_torch_imported_first_is_warned_about():
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads it: a process that imported torch before facestudy
+    keeps spinning waits (the renderer measured 27x slower under one competing job that way), so say so."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    late = subprocess.run([sys.executable, "-c", "import torch, facestudy"], env=env, capture_output=True, text=True,
+                          check=True)
+    assert "torch was imported before facestudy" in late.stderr and "OMP_WAIT_POLICY=PASSIVE" in late.stderr
+    early = subprocess.run([sys.executable, "-c", "import facestudy, torch"], env=env, capture_output=True,
+                           text=True, check=True)
+    assert "imported before facestudy" not in early.stderr

@@ -23,9 +23,17 @@ import numpy as np
 #: face-world renderer ~30x slower (issue 21; benchmarks/peers.py measures it). libgomp reads this once, when
 #: torch loads it, so it is set here, before this module imports torch (a process that imported torch first
 #: keeps its own setting; ``make`` and ``facestudy run`` export it as well).
+_TORCH_FIRST = "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+if _TORCH_FIRST:  # measured: the renderer 1.8x slower under one competing job this way, 27x the other
+    import warnings
+
+    warnings.warn("torch was imported before facestudy, so its OpenMP threads keep spin-waiting and slow down "
+                  "badly when another job shares the CPU; import facestudy first, or set OMP_WAIT_POLICY=PASSIVE "
+                  "before starting Python", RuntimeWarning, stacklevel=2)
 
 from . import profiles  # noqa: E402
 from .errors import ParameterError  # noqa: E402

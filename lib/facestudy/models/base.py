@@ -9,6 +9,7 @@ inference path: batches, eval mode, no gradient, optional flip-sum, L2 normalisa
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -173,8 +174,9 @@ class FaceModel(nn.Module):
                                      f" images, got shape {kpa.shape}" + ("" if kpa.shape != (len(images), 5, 2)
                                                                          else " with NaN/inf values"))
         net = self if (keypoints is not None and self.uses_keypoints) else self.inference_module()
-        # CPU: sub-batches of 32 run fastest (measured in benchmarks/peers.py); the result does not depend on it
-        step = min(batch_size, 32) if self.device.type == "cpu" and isinstance(net, nn.Module) else batch_size
+        # CPU: sub-batches of at most 128 (folded MobileFaceNet on an idle 2-core machine, 2026-11-29: 165 img/s
+        # at 32, 185 at 256; 128 bounds the activations of the big IResNets); the result does not depend on it
+        step = min(batch_size, 128) if self.device.type == "cpu" else batch_size
         outs = []
         with self._eval_mode(), torch.inference_mode():
             for i in range(0, len(images), step):
@@ -209,13 +211,15 @@ class FaceModel(nn.Module):
 
     def inference_module(self) -> nn.Module:
         """What :meth:`embed` runs, the fastest path giving the same embeddings (cosine >= 0.99999 against
-        eager, tested; issue 21, benchmarks/peers.py): for released weights on the CPU with onnxruntime
-        installed, the model exported once to ONNX (cached, keyed by the weights) in an onnxruntime session
-        (measured 2.6x less CPU time than eager torch and about 2x less than the folded copy at two
-        threads); otherwise an eval-mode copy with each BatchNorm that follows a convolution folded into it
-        (:func:`facestudy.models.fast.fold_batchnorm`, ~1.5x eager). Rebuilt when the weights change; the
-        model itself is untouched, so :meth:`features` and hooks see the un-fused layers. Returns ``self``
-        when ``fast_inference`` is False, when hooks are registered on the model, or when the copy fails."""
+        eager, tested; issue 21, benchmarks/peers.py): an eval-mode copy with each BatchNorm that follows a
+        convolution folded into it (:func:`facestudy.models.fast.fold_batchnorm`). On an idle 2-core machine
+        (2026-11-29, MobileFaceNet, 512 faces, medians of 5 interleaved runs) it embedded 185 img/s against
+        158 for eager torch and 98 for the same network exported to onnxruntime. ``FACESTUDY_EMBED_BACKEND=
+        onnxruntime`` selects the onnxruntime path instead for released weights (exported once to ONNX,
+        cached, keyed by the weights; it measured faster than torch only on a heavily loaded machine).
+        Rebuilt when the weights change; the model itself is untouched, so :meth:`features` and hooks see the
+        un-fused layers. Returns ``self`` when ``fast_inference`` is False, when hooks are registered on the
+        model, or when the copy fails."""
         from .fast import fold_batchnorm
 
         if not self.fast_inference or any(m._forward_hooks or m._forward_pre_hooks for m in self.modules()):
@@ -225,7 +229,9 @@ class FaceModel(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_folded", None)  # stale: drop it before copying the model
-        folded: nn.Module | None = self._onnx_module()
+        folded: nn.Module | None = None
+        if os.environ.get("FACESTUDY_EMBED_BACKEND", "torch").strip().lower() == "onnxruntime":
+            folded = self._onnx_module()
         if folded is None:
             try:
                 folded = fold_batchnorm(self)
