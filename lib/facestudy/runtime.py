@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 #: face-world renderer ~30x slower (issue 21; benchmarks/peers.py measures it). libgomp reads this once, when
 #: torch loads it, so it is set here, before this module imports torch (a process that imported torch first
 #: keeps its own setting; ``make`` and ``facestudy run`` export it as well).
-_TORCH_FIRST = "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in os.environ
+_TORCH_FIRST = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
