@@ -191,6 +191,13 @@ def test_train_tail_learns_caches_and_reinitialises(tmp_path, monkeypatch):
     ft, _ = heads.train_tail(feats, labels, "softmax", init=tail, reinit=False, head_init="centroids", epochs=2,
                              batch_size=20, lr=0.01, aug_features=aug, aug_p=0.5, aug_name="shift")
     assert heads.embed_tail(ft, feats, normalize=False).shape == (60, 6)
+    # naming the device (as the chapter does with run.device) trains the same weights on the CPU; the tail
+    # always comes back on the CPU
+    ft_dev, _ = heads.train_tail(feats, labels, "softmax", init=tail, reinit=False, head_init="centroids",
+                                 epochs=2, batch_size=20, lr=0.01, aug_features=aug, aug_p=0.5, aug_name="shift",
+                                 device="cpu", cache=False)
+    assert all(p.device.type == "cpu" for p in ft_dev.parameters())
+    np.testing.assert_allclose(heads.embed_tail(ft_dev, feats), heads.embed_tail(ft, feats), atol=1e-6)
     with pytest.raises(ParameterError):
         heads.train_tail(feats, labels, "arcface", init=init, aug_p=0.5)
     with pytest.raises(ParameterError):

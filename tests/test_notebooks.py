@@ -60,3 +60,35 @@ def test_book_builds_with_W(smoke_book):
         assert (html / "book" / "executed" / f"{c}.html").exists()
     score = (html / "book" / "executed" / "scorecard.html").read_text()
     assert "Claims scorecard" in score
+
+
+# Calls that build or train a model in a chapter must say where: a GPU run of chapter 5 at the `gpu` profile
+# (2026-11-30, H200) trained every student on the CPU (4 MiB of GPU memory used; 238 s per tail) because its
+# teacher and `train_tail` were never given the run's device. Each listed call must carry the device.
+DEVICE_CALLS = ("models.pretrained(", "study.load_teacher(", "heads.train_tail(", "dtail.train_tail(")
+
+
+def _calls(source: str, name: str) -> list[str]:
+    """The text of every call of ``name`` in ``source`` (up to its closing parenthesis) and what follows."""
+    out, start = [], source.find(name)
+    while start >= 0:
+        depth, i = 0, start + len(name) - 1
+        while i < len(source):
+            depth += {"(": 1, ")": -1}.get(source[i], 0)
+            if depth == 0:
+                break
+            i += 1
+        out.append(source[start:i + 1] + source[i + 1:i + 20])
+        start = source.find(name, i)
+    return out
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_models_and_training_use_the_run_device(chapter):
+    import nbformat
+
+    nb = nbformat.read(chapters.get(chapter, ROOT).source, as_version=4)
+    src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for name in DEVICE_CALLS:
+        for call in _calls(src, name):
+            assert "run.device" in call, f"{chapter}: {call.splitlines()[0]}... runs on the CPU whatever the device"

@@ -180,8 +180,9 @@ def load_eval_pairs(cfg: Any, seed: int = 0, n_per_fold: int | None = None
     return faces, pairs, "real LFW is absent: evaluating on synthetic-world pairs instead"
 
 
-def load_teacher(cfg: Any) -> Any:
-    """The frozen teacher: ``pretrained(cfg.teacher)``, or a user checkpoint (paper profile), in eval mode."""
+def load_teacher(cfg: Any, device: Any = "cpu") -> Any:
+    """The frozen teacher: ``pretrained(cfg.teacher)``, or a user checkpoint (paper profile), in eval mode on
+    ``device`` (the run's: its trunk features are computed there)."""
     from .. import models
 
     ckpt = cfg["teacher_checkpoint"]
@@ -192,7 +193,7 @@ def load_teacher(cfg: Any) -> Any:
         teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
         teacher = models.pretrained(cfg["teacher"])
-    teacher.eval()
+    teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

@@ -82,10 +82,12 @@ class TailRun:
 
 @torch.no_grad()
 def embed_tail(tail: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Raw (unnormalised) embeddings of cached trunk ``features`` through ``tail`` in eval mode."""
+    """Raw (unnormalised) embeddings of cached trunk ``features`` through ``tail`` in eval mode, computed on
+    the tail's device and returned on the CPU."""
     was = tail.training
     tail.eval()
-    out = [tail(features[i:i + batch_size].float()) for i in range(0, len(features), batch_size)]
+    dev = next(tail.parameters()).device
+    out = [tail(features[i:i + batch_size].to(dev).float()).cpu() for i in range(0, len(features), batch_size)]
     tail.train(was)
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -94,7 +96,7 @@ def embed_tail(tail: nn.Module, features: torch.Tensor, batch_size: int = 1024) 
 def probe_cosines(tail: nn.Module, features: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     """Student-teacher cosines ``c_i`` of the rows of ``features`` (eval mode)."""
     emb = embed_tail(tail, features)
-    return torch.nn.functional.cosine_similarity(emb, targets.float(), dim=1).numpy()
+    return torch.nn.functional.cosine_similarity(emb, targets.float().cpu(), dim=1).numpy()
 
 
 def _cpu_seconds() -> float:
@@ -108,14 +110,16 @@ def train_tail(model: Any, layer: str, features: torch.Tensor, labels: Any, targ
                dcfg: DistillConfig, *, steps: int, batch_size: int, lr: float, seed: int = 0,
                name: str | None = None, head: str = "sphereface2", momentum: float = 0.9,
                weight_decay: float = 5e-4, grad_clip: float = 5.0, probe: int = 1024,
-               snapshots: int = 6, log_every: int = 1) -> TailRun:
+               snapshots: int = 6, log_every: int = 1, device: Any = None) -> TailRun:
     """Train a re-initialised ``model.tail(layer)`` on cached trunk ``features`` (chapter 5).
 
     ``targets``: the teacher's (raw) embeddings of the same rows; ``labels``: identity per row (for the FR
     head). SGD with momentum, cosine learning-rate schedule, gradient clipping. Same ``seed`` -> the same
     initialisation (tail and head) and the same batch order for every row, so rows differ only by the
     distillation term. ``snapshots`` times during training (and at the end) the student-teacher cosines of
-    ``probe`` fixed training rows are recorded (eval mode) for the ``c_i`` histograms.
+    ``probe`` fixed training rows are recorded (eval mode) for the ``c_i`` histograms. ``device`` (default:
+    the features' own) is where the training runs: features, labels and targets move there once; the batch
+    order is drawn on the CPU from the seed, so it is the same on every device.
     """
     from .. import losses
     from ..runtime import seed_everything
@@ -130,17 +134,19 @@ def train_tail(model: Any, layer: str, features: torch.Tensor, labels: Any, targ
     if steps < 1 or batch_size < 2:
         raise ParameterError(f"train_tail needs steps >= 1 and batch_size >= 2, got {steps} and {batch_size}")
     batch_size = min(int(batch_size), n)
+    dev = torch.device(device) if device is not None else features.device
+    features, labels, targets = features.to(dev), labels.to(dev), targets.to(dev)
     seed_everything(seed)
-    tail = reinit_(model.tail(layer), seed)
+    tail = reinit_(model.tail(layer).cpu(), seed).to(dev)  # CPU generator: same init on every device
     for p in tail.parameters():
         p.requires_grad_(True)
     dim = int(targets.shape[1])
-    fr = losses.make_head(head, dim, int(labels.max()) + 1)
-    kd = DistillLoss(dcfg, batch_size, dim) if dcfg.method != "none" else None
+    fr = losses.make_head(head, dim, int(labels.max()) + 1).to(dev)
+    kd = DistillLoss(dcfg, batch_size, dim).to(dev) if dcfg.method != "none" else None
     params = list(tail.parameters()) + list(fr.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(int(seed) + 1)
-    probe_idx = torch.randperm(n, generator=torch.Generator().manual_seed(12345))[: min(probe, n)]
+    probe_idx = torch.randperm(n, generator=torch.Generator().manual_seed(12345))[: min(probe, n)].to(dev)
     snap_steps = sorted({int(round(k * steps / max(1, snapshots))) for k in range(snapshots + 1)})
     order = torch.randperm(n, generator=g)
     pos = 0
@@ -155,7 +161,7 @@ def train_tail(model: Any, layer: str, features: torch.Tensor, labels: Any, targ
             break
         if pos + batch_size > n:  # next epoch: a fresh permutation (drop the incomplete remainder)
             order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos:pos + batch_size].to(dev)
         pos += batch_size
         for grp in opt.param_groups:
             grp["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))

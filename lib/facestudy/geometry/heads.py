@@ -70,12 +70,14 @@ def module_digest(module: nn.Module) -> str:
 
 def embed_tail(tail: nn.Module, features: torch.Tensor, *, normalize: bool = True,
                batch_size: int = 1024) -> np.ndarray:
-    """Embeddings of cached trunk features through ``tail`` (eval mode), L2-normalised unless asked not to."""
+    """Embeddings of cached trunk features through ``tail`` (eval mode, on the tail's device), L2-normalised
+    unless asked not to."""
     tail.eval()
+    dev = next(tail.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(features), batch_size):
-            out.append(tail(features[i:i + batch_size].float()))
+            out.append(tail(features[i:i + batch_size].to(dev).float()).cpu())
     emb = torch.cat(out) if out else torch.zeros(0, 1)
     if normalize:
         emb = torch.nn.functional.normalize(emb, dim=1)
@@ -86,7 +88,7 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
                seed: int = 0, epochs: int = 10, batch_size: int = 128, lr: float = 0.1,
                weight_decay: float = 5e-4, head_init: str = "random", aug_features: torch.Tensor | None = None,
                aug_p: float = 0.0, aug_name: str = "", features_key: str = "", cache: bool = True,
-               head_kw: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+               head_kw: dict[str, Any] | None = None, device: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train a copy of ``init`` (a MobileFaceNet tail) with loss ``loss`` on cached trunk ``features``.
 
     ``reinit`` re-initialises the tail (a loss-family head trained from scratch, G3); ``reinit=False``
@@ -94,7 +96,9 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
     normalised class means of the starting embeddings (so the first steps do not wreck the tail).
     SGD (momentum 0.9, cosine schedule), seeded: the same arguments give the same weights. The result is
     cached under ``<cache>/geometry/heads`` keyed by every input (features by ``features_key`` and a hash of
-    the labels). Returns (tail in eval mode, info with ``final_loss``, ``loaded``, ``path``).
+    the labels). ``device`` (default: the features' own) is where the training runs: the features move there
+    once, the batches are drawn on the CPU from the same seed, and the tail comes back on the CPU. Returns
+    (tail in eval mode, info with ``final_loss``, ``loaded``, ``path``).
     """
     from .. import losses
     from ..train import checkpoint_path
@@ -118,7 +122,7 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
             head_init, aug_name if aug_p > 0 else "", float(aug_p), features_key or _digest(features[:64]),
             _digest(labels_np), tuple(features.shape))
     path = checkpoint_path("geometry/heads", *spec)
-    tail = copy.deepcopy(init)
+    tail = copy.deepcopy(init).cpu()  # re-initialised from a CPU generator: the same weights on every device
     if reinit:
         reset_tail(tail, seed)
     if cache and path.exists():
@@ -133,11 +137,15 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
     y_all = torch.from_numpy(labels_np)
     emb_dim = tail.fc.out_features
     head = losses.make_head(loss, emb_dim, n_classes, **head_kw)
+    dev = torch.device(device) if device is not None else features.device
     if head_init == "centroids":
         with torch.no_grad():
             e = torch.from_numpy(embed_tail(tail, features, normalize=True))
             cent = torch.zeros(n_classes, emb_dim).index_add_(0, y_all, e)
             head.weight.copy_(torch.nn.functional.normalize(cent, dim=1))
+    tail, head, y_all = tail.to(dev), head.to(dev), y_all.to(dev)
+    features = features.to(dev)
+    aug_features = aug_features.to(dev) if aug_features is not None else None
     params = list(tail.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     n = len(features)
@@ -152,9 +160,10 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
             idx = order[i:i + batch_size]
             if len(idx) < 2:
                 continue
-            x = features[idx].float()
             # drawn in every arm, so a fine-tune and its control (aug_p = 0) see the same batches
-            swap = torch.rand(len(idx), generator=gen) < aug_p
+            swap = (torch.rand(len(idx), generator=gen) < aug_p).to(dev)
+            idx = idx.to(dev)
+            x = features[idx].float()
             if aug_features is not None and aug_p > 0:
                 if swap.any():
                     x[swap] = aug_features[idx[swap]].float()
@@ -166,7 +175,7 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
             if ep == epochs - 1:
                 last.append(float(out.detach()))
     final = float(np.mean(last)) if last else float("nan")
-    tail.eval()
+    tail = tail.cpu().eval()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
