@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
+from facestudy import report
 from facestudy.errors import ParameterError
 from facestudy.geometry import claims, energy, entropy, heads, macroscale
 
@@ -202,3 +203,27 @@ def test_train_tail_learns_caches_and_reinitialises(tmp_path, monkeypatch):
         heads.train_tail(feats, labels, "arcface", init=init, aug_p=0.5)
     with pytest.raises(ParameterError):
         heads.train_tail(feats, labels, "triplet", init=init)
+
+
+def test_identity_auc_separates_clusters_and_is_chance_on_noise():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 20)
+    centres = rng.normal(size=(12, 16))
+    tight = centres[labels] + 0.05 * rng.normal(size=(240, 16))
+    assert claims.identity_auc(tight, labels, n_pairs=2000) > 0.99
+    noise = rng.normal(size=(240, 16))
+    assert abs(claims.identity_auc(noise, labels, n_pairs=4000) - 0.5) < 0.05
+    with pytest.raises(ParameterError):
+        claims.identity_auc(noise, labels[:10])
+    with pytest.raises(ParameterError):
+        claims.identity_auc(noise[:3], np.arange(3))  # no identity with two images
+
+
+def test_g2_gate_turns_a_verdict_on_unrecognised_faces_into_untestable():
+    table = pd.DataFrame([{"identity": i, "attribute": a, "energy": e}
+                          for i in range(8) for a, e in (("yaw", 0.9 + 0.01 * i), ("hue", 0.5 + 0.01 * (i % 3)))])
+    v = claims.ordering_verdict(table, high=("yaw",), low=("hue",))
+    assert v.verdict == "not reproduced"  # low-level below high-level: opposite to the paper
+    gated = report.gate(0.75 >= 0.9, v, why="AUC 0.750 < 0.9", needs="lattices the model recognises")
+    assert gated.verdict == "untestable here" and gated.estimate is v.estimate
+    assert report.gate(0.95 >= 0.9, v, why="", needs="").verdict == "not reproduced"
