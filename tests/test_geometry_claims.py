@@ -205,18 +205,22 @@ def test_train_tail_learns_caches_and_reinitialises(tmp_path, monkeypatch):
         heads.train_tail(feats, labels, "triplet", init=init)
 
 
-def test_identity_auc_separates_clusters_and_is_chance_on_noise():
+def test_g2_precondition_auc_separates_clusters_and_is_chance_on_noise():
+    # G2's precondition as chapter 1 measures it: faceworld.synthetic_pairs over the lattice + verification AUC
+    from facestudy import data, faceworld
+    from facestudy import eval as feval
+
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(12), 20)
+    fs = data.FaceSet(np.zeros((240, 4, 4, 3), np.uint8), labels, pd.DataFrame({"identity": labels}), name="t")
+    pairs = faceworld.synthetic_pairs(fs, 2000, seed=0, n_folds=6)
     centres = rng.normal(size=(12, 16))
     tight = centres[labels] + 0.05 * rng.normal(size=(240, 16))
-    assert claims.identity_auc(tight, labels, n_pairs=2000) > 0.99
+    assert feval.verification(tight, pairs).auc > 0.99
     noise = rng.normal(size=(240, 16))
-    assert abs(claims.identity_auc(noise, labels, n_pairs=4000) - 0.5) < 0.05
+    assert abs(feval.verification(noise, pairs).auc - 0.5) < 0.05
     with pytest.raises(ParameterError):
-        claims.identity_auc(noise, labels[:10])
-    with pytest.raises(ParameterError):
-        claims.identity_auc(noise[:3], np.arange(3))  # no identity with two images
+        faceworld.synthetic_pairs(fs, 2000, n_folds=10)  # 12 identities cannot fill 10 disjoint folds
 
 
 def test_g2_gate_turns_a_verdict_on_unrecognised_faces_into_untestable():

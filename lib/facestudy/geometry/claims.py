@@ -135,32 +135,6 @@ def ordering_verdict(table: pd.DataFrame, high: Sequence[str] = PAPER_HIGH_LEVEL
     return report.effect(est, what="E(low-level) - E(high-level), paired over identities")
 
 
-def identity_auc(embeddings: np.ndarray, labels: Sequence[int], *, n_pairs: int = 5000, seed: int = 0) -> float:
-    """Genuine-vs-impostor ROC AUC of cosine scores over ``n_pairs`` random same-identity pairs and as many
-    different-identity pairs: how well a model tells these identities apart. G2's precondition: energies on
-    lattices the model cannot recognise describe an out-of-domain input, not its identity geometry."""
-    from sklearn.metrics import roc_auc_score
-
-    e = np.asarray(embeddings, dtype=np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    labels = np.asarray(labels)
-    if len(labels) != len(e):
-        raise ParameterError(f"identity_auc: {len(e)} embeddings for {len(labels)} labels")
-    groups = {k: np.flatnonzero(labels == k) for k in np.unique(labels)}
-    usable = np.concatenate([g for g in groups.values() if len(g) >= 2] or [np.zeros(0, int)])
-    if len(groups) < 2 or not len(usable):
-        raise ParameterError("identity_auc needs >= 2 identities and one with >= 2 images")
-    rng = np.random.default_rng(seed)
-    a = rng.choice(usable, n_pairs)
-    b = np.array([rng.choice(groups[labels[i]][groups[labels[i]] != i]) for i in a])
-    c = rng.integers(0, len(e), 4 * n_pairs)
-    d = rng.integers(0, len(e), 4 * n_pairs)
-    keep = labels[c] != labels[d]
-    c, d = c[keep][:n_pairs], d[keep][:n_pairs]
-    scores = np.r_[(e[a] * e[b]).sum(1), (e[c] * e[d]).sum(1)]
-    return float(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(c))], scores))
-
-
 # ------------------------------------------------------------------------------------------------ G4
 def finetune_effects(energies: pd.DataFrame, attribute: str) -> dict[str, np.ndarray]:
     """Per-seed energy changes of a fine-tune against its control (G4).
