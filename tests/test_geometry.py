@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from facestudy.errors import ParameterError
-from facestudy.geometry import energy, entropy, imageops, lattices, macroscale, probes
+from facestudy.geometry import claims, energy, entropy, imageops, lattices, macroscale, probes
 
 
 # ------------------------------------------------------------------------------------ macroscale
@@ -185,6 +185,18 @@ def test_energy_table_and_mannwhitney():
     assert len(t) == 12
     med = t.groupby("attribute")["energy"].median()
     assert med["coherent"] < 0.05 and med["random"] > 0.7
+    # move: 1 - cos(step 0, step 2); here |x| ~ 4 and the steps +-0.1 v, so both attributes move a little
+    x0, x2 = np.array(embs[0]), np.array(embs[2])
+    first = t.query("identity == 0 and attribute == 'coherent'")["move"].iloc[0]
+    assert 0 < first < 0.1 and t["move"].between(0, 2).all()
+    one = energy.energy_table(np.array(embs), pd.DataFrame(rows).query("identity == 0 and attribute == 'coherent' "
+                                                                      "and curve in (0, 1)"), k=1)
+    x1, y1 = np.array(embs[3]), np.array(embs[5])
+    def cos(a, b):
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    want = np.mean([1 - cos(x0, x2), 1 - cos(x1, y1)])
+    assert abs(one["move"].iloc[0] - want) < 1e-12
     mw = energy.mannwhitney_table(t)
     assert len(mw) == 1 and mw["p"][0] < 0.01
 
@@ -209,6 +221,20 @@ def test_image_ops_neutral_is_identity_and_ops_act():
         imageops.apply(x, "sharpen", 1.0)
     with pytest.raises(ParameterError):
         imageops.apply(x.astype(np.float32), "hue", 0.1)
+
+
+def test_illumination_relights_one_side_not_the_whole_face():
+    """A lamp moved to the right keeps the right cheek lit and darkens the left one (Lambertian: the lit side
+    was already lit from the front); the frontal light is neutral; the opposite azimuth mirrors it (unlike
+    brightness, which moves every pixel alike)."""
+    x = np.full((1, 112, 112, 3), 128, np.uint8)
+    right = imageops.apply(x, "illumination", 45.0)[0].astype(float)
+    left = imageops.apply(x, "illumination", -45.0)[0].astype(float)
+    cols = slice(30, 50), slice(62, 82)  # cheeks: left and right of the face centre
+    assert right[40:80, cols[1]].mean() >= 128 and right[40:80, cols[0]].mean() < 128 - 30
+    assert np.abs(right - left[:, ::-1]).max() <= 1  # mirror symmetry of the face ellipse
+    assert np.array_equal(imageops.apply(x, "illumination", 0.0), x)
+    assert "illumination" in claims.PAPER_HIGH_LEVEL  # the paper's high-level attribute a photo allows
 
 
 def test_image_op_curves_structure():

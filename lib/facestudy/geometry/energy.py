@@ -108,7 +108,9 @@ def energy_table(embeddings: np.ndarray, curves: pd.DataFrame, **kw) -> pd.DataF
 
     ``curves`` has one row per image with columns ``identity, attribute, curve, step`` (step in 0, 1, 2)
     and ``row`` (index into ``embeddings``), as returned by the lattice builders of this subpackage.
-    Returns columns ``identity, attribute, energy, n_curves``.
+    Returns columns ``identity, attribute, energy, n_curves, move``; ``move`` is the mean cosine distance
+    between a curve's step-0 and step-2 embeddings (how *far* the attribute moves a face; the energy says how
+    *coherently*).
     """
     need = {"identity", "attribute", "curve", "step", "row"}
     if not need <= set(curves.columns):
@@ -121,7 +123,10 @@ def energy_table(embeddings: np.ndarray, curves: pd.DataFrame, **kw) -> pd.DataF
             raise ParameterError(f"identity {ident}, attribute {attr}: every curve needs steps 0, 1 and 2")
         idx = piv.to_numpy(dtype=int)
         e = invariance_energy(embeddings[idx], **kw)
-        rows.append({"identity": ident, "attribute": attr, "energy": e, "n_curves": len(idx)})
+        a, b = embeddings[idx[:, 0]], embeddings[idx[:, 2]]
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        rows.append({"identity": ident, "attribute": attr, "energy": e, "n_curves": len(idx),
+                     "move": float(np.mean(1.0 - cos))})
     return pd.DataFrame(rows)
 
 

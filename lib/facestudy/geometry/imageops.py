@@ -6,6 +6,7 @@ The values are in "attribute units" chosen so that 0 is the identity transform:
 =============  ==========================================================  ==============
 op             value                                                       neutral
 =============  ==========================================================  ==============
+illumination   azimuth of a point light, degrees (relit Lambertian proxy)  0
 brightness     additive offset, fraction of full scale                     0
 contrast       log of the contrast factor around the image's mean grey     0
 hue            rotation of the chroma plane (YIQ), in turns                0
@@ -15,6 +16,11 @@ scale          log zoom about the centre (positive = zoom in)              0
 =============  ==========================================================  ==============
 
 They serve the real-face lattices of the microscale test and the fine-tuning augmentations.
+
+``illumination`` is the one *high-level* attribute of the paper (METHODS.md §4.3) that a photo allows: it
+relights an aligned face as if its surface were an ellipsoid lit by a frontal ambient term plus a point light at
+the given azimuth (positive = from the image's right), dividing out the frontal shading. It is a proxy (no real
+normals, no cast shadows), but unlike brightness it changes the face side by side, as a turned lamp does.
 """
 from __future__ import annotations
 
@@ -27,10 +33,11 @@ import torch.nn.functional as F
 
 from ..errors import ParameterError
 
-OPS: tuple[str, ...] = ("brightness", "contrast", "hue", "blur", "roll", "scale")
+OPS: tuple[str, ...] = ("illumination", "brightness", "contrast", "hue", "blur", "roll", "scale")
 
 # (low, high, step) per op: the range a lattice centre may take and the half-step of a curve.
 RANGES: dict[str, tuple[float, float, float]] = {
+    "illumination": (-60.0, 60.0, 15.0),
     "brightness": (-0.25, 0.25, 0.08),
     "contrast": (-0.5, 0.5, 0.15),
     "hue": (-0.12, 0.12, 0.04),
@@ -54,6 +61,32 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 def _values(values, n: int) -> torch.Tensor:
     v = torch.as_tensor(np.broadcast_to(np.asarray(values, dtype=np.float32), (n,)).copy())
     return v
+
+
+# the aligned face (ArcFace 112-px template) as an ellipse in [-1, 1]^2 image coordinates: centre, half-axes
+_FACE_ELLIPSE = (0.0, 0.1, 0.66, 0.95)
+_AMBIENT = 0.35
+
+
+def _face_normals(h: int, w: int) -> torch.Tensor:
+    """Unit normals (3, h, w) of an ellipsoid over the face ellipse; outside it, the rim's normal."""
+    cx, cy, ax, ay = _FACE_ELLIPSE
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    u, v = (xx - cx) / ax, (yy - cy) / ay
+    r = torch.sqrt(u**2 + v**2).clamp_min(1e-6)
+    scale = torch.where(r > 0.97, 0.97 / r, torch.ones_like(r))  # clamp to just inside the rim
+    u, v = u * scale, v * scale
+    n = torch.stack([u, v, torch.sqrt((1 - u**2 - v**2).clamp_min(0))])
+    return n / n.norm(dim=0, keepdim=True)
+
+
+def _illumination(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    n = _face_normals(x.shape[2], x.shape[3])
+    a = v * math.pi / 180.0
+    light = torch.stack([torch.sin(a), torch.zeros_like(a), torch.cos(a)], 1)  # (N, 3)
+    shade = _AMBIENT + (1 - _AMBIENT) * torch.einsum("nc,chw->nhw", light, n).clamp_min(0)
+    front = _AMBIENT + (1 - _AMBIENT) * n[2].clamp_min(0)
+    return x * (shade / front).unsqueeze(1)
 
 
 def _brightness(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -118,8 +151,8 @@ def _scale(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 _FUNCS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "brightness": _brightness, "contrast": _contrast, "hue": _hue, "blur": _blur, "roll": _roll,
-    "scale": _scale,
+    "illumination": _illumination, "brightness": _brightness, "contrast": _contrast, "hue": _hue, "blur": _blur,
+    "roll": _roll, "scale": _scale,
 }
 
 
