@@ -82,3 +82,23 @@ def test_overlays_change_only_the_face_region():
     assert g[52, 38] and g[52, 74] and not g[100, 56]
     with pytest.raises(ParameterError):
         overlays.add_mask(img, lmk[:1])
+
+
+def test_layer_tokens_units_and_pooling_keep_faces_and_positions_apart():
+    """Tokens are face-major and row-major; a unit's map puts each position's code back in its place; the
+    pooled code is the unit's maximum over one face's positions only (never mixing faces)."""
+    rng = torch.Generator().manual_seed(0)
+    f = torch.randn(5, 3, 2, 4, generator=rng)
+    tok = analysis.layer_tokens(f.half())
+    assert tok.shape == (5 * 8, 3) and tok.dtype == torch.float32
+    assert torch.allclose(tok[1 * 8 + 1 * 4 + 2], f[1, :, 1, 2].half().float())  # face 1, row 1, column 2
+    w = torch.randn(3, 6, generator=rng)
+    enc = lambda t: torch.relu(t @ w)  # noqa: E731 - a stand-in encoder with 6 units
+    maps = analysis.unit_maps(enc, f, batch_faces=2)
+    assert maps.shape == (5, 6, 2, 4)
+    assert torch.allclose(maps[3, :, 0, 1], enc(f[3, :, 0, 1][None])[0])
+    pooled = analysis.pooled_codes(enc, f, batch_faces=3)
+    want = torch.stack([enc(f[i].reshape(3, -1).T).amax(0) for i in range(5)])
+    assert torch.allclose(pooled, want)
+    with pytest.raises(ParameterError):
+        analysis.layer_tokens(torch.zeros(4, 3))

@@ -126,9 +126,9 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "world_size": 112,
             "world_attributes": ["yaw", "age", "hair_colour", "illumination", "expression",
                                  "brightness", "contrast", "hue"],  # the paper's 5 high-level + 3 low-level
-            "real_ids": 4,  # real-face lattices (CelebA-id299 photos, image operations): identities, curves
-            "real_curves": 20,
-            "real_attributes": ["brightness", "contrast", "hue"],
+            "real_ids": 12,  # real-face lattices (CelebA-id299 photos, image operations): identities, curves
+            "real_curves": 30,
+            "real_attributes": ["illumination", "brightness", "contrast", "hue"],  # 1 high-level (relit) + 3 low
             "k": 10,  # kNN neighbourhood of the energy (paper: 10)
             "g2_min_auc": 0.9,  # G2 precondition: the model tells the lattice identities apart (genuine/impostor AUC)
             "ft_attribute": "hue",  # fine-tuning validation: augmented attribute
@@ -147,7 +147,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "heads": ["softmax", "arcface"], "seeds": [0, 1, 2], "train_data": "world", "train_world_ids": 8,
             "train_world_per_id": 4, "head_epochs": 2, "batch_size": 16,
             "world_ids": 3, "world_curves": 4, "world_size": 112, "world_attributes": ["yaw", "hue"],
-            "real_ids": 2, "real_curves": 4, "real_attributes": ["brightness"], "k": 3,
+            "real_ids": 2, "real_curves": 4, "real_attributes": ["illumination", "brightness"], "k": 3,
             "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 4,
         },
         "default": {},
@@ -324,13 +324,21 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "dip_scales": 4,  # DIP skip-net depth (the DIP paper uses 5)
             "early_layer": "conv2_dw",  # "early channel" of the act-max grid
             "late_layer": "conv_sep",  # "last layer" of the act-max grid
+            # section 7: an SAE on an intermediate layer's per-position activations ("" = skip the section)
+            "mid_layer": "conv_sep",  # MobileFaceNet's last 7x7 map (IResNet: "bn2")
+            "mid_faces": 2400,  # faces whose activations are cached (all splits; 0 = every face): x 49 tokens each
+            "mid_expansion": 2,  # latents = expansion x channels (1,024 on 512 channels)
+            "mid_k": 32,  # TopK budget per token
+            "mid_steps": 250,  # Adam steps per seed (~6k tokens/s on one core: ~15 s per seed)
+            "mid_batch": 384,  # tokens per step
         },
         "smoke": {"datasets": ["celeba10k", "utkface"], "limit_per_set": 80, "min_positives": 2,
                   "synthetic_identities": 8,
                   "synthetic_per_identity": 4, "expansion": 2, "sweep_expansion": [2], "sae_seeds": 2,
                   "sae_steps": 15, "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1],
                   "resample_every": 5, "n_show": 4, "contrast_n": 5, "ablation_n": 3, "actmax_size": 48,
-                  "actmax_steps": 2, "dip_channels": 8, "dip_scales": 3},
+                  "actmax_steps": 2, "dip_channels": 8, "dip_scales": 3,
+                  "mid_faces": 60, "mid_expansion": 1, "mid_k": 8, "mid_steps": 5, "mid_batch": 64},
         "default": {},
         # gpu / paper: all ~39.2 k real faces, 80 % for training = 31.4 k templates >= f2_min_templates (at 60 %
         # it is 23.5 k, measured 2026-11-30: F2 stayed untestable); discovery and validation keep ~3.9 k each
@@ -340,7 +348,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                 "grid_l1": [0.3, 1.0, 3.0, 10.0, 30.0], "grid_gated_l1": [0.3, 1.0, 3.0, 10.0, 30.0],
                 "grid_k": [8, 16, 32, 64, 128], "grid_l0": [0.01, 0.03, 0.1, 0.3, 1.0], "n_show": 8,
                 "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "actmax_seeds": 3,
-                "dip_channels": 128, "dip_scales": 5},
+                "dip_channels": 128, "dip_scales": 5,
+                "mid_faces": 20000, "mid_expansion": 8, "mid_k": 64, "mid_steps": 5000, "mid_batch": 4096},
         "paper": {"model": "checkpoint", "limit_per_set": 0, "split_fractions": [0.8, 0.1, 0.1], "expansion": 16,
                   "sweep_expansion": [4, 8, 16, 32],
                   "sae_seeds": 5, "sae_steps": 20000, "batch_size": 4096,
@@ -348,7 +357,9 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                   "grid_k": [8, 16, 32, 64, 128, 256], "grid_l0": [0.01, 0.03, 0.1, 0.3, 1.0], "n_show": 8,
                   "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "actmax_seeds": 3,
                   "dip_channels": 128, "dip_scales": 5,
-                  "early_layer": "layer1", "late_layer": "layer4"},  # IResNet-100's first stage and last stage
+                  "early_layer": "layer1", "late_layer": "layer4",  # IResNet-100's first stage and last stage
+                  "mid_layer": "bn2", "mid_faces": 20000, "mid_expansion": 8, "mid_k": 64, "mid_steps": 5000,
+                  "mid_batch": 4096},
     },
     "05_distillation": {
         "base": {
@@ -439,7 +450,8 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "celeba_limit": 60, "n_max": 40, "n_boot": 20, "ks_equal_n": 5, "ks_equal_reps": 5, "world_macro_ids": 20,
         "world_macro_per_id": 2, "probe_limit": 40, "seeds": [0, 1, 2], "train_limit": 200, "train_world_ids": 8,
         "train_world_per_id": 4, "head_epochs": 1, "world_ids": 3, "world_curves": 4,
-        "world_attributes": ["yaw", "hue"], "real_ids": 2, "real_curves": 4, "real_attributes": ["brightness"],
+        "world_attributes": ["yaw", "hue"], "real_ids": 2, "real_curves": 4,
+        "real_attributes": ["illumination", "brightness"],
         "k": 3, "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 2,
     },
     "03_kprpe": {
@@ -452,7 +464,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "limit_per_set": 100, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
         "sweep_expansion": [4, 32], "sae_seeds": 2, "sae_steps": 6, "resample_every": 3, "batch_size": 256,
         "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1], "n_show": 4, "contrast_n": 5,
-        "ablation_n": 3, "actmax_steps": 2, "actmax_seeds": 1,
+        "ablation_n": 3, "actmax_steps": 2, "actmax_seeds": 1, "mid_faces": 60, "mid_steps": 3, "mid_batch": 256,
     },
     "05_distillation": {
         "train_identities": 12, "max_per_identity": 4, "synthetic_per_identity": 4, "steps": 2, "seeds": [0, 1],

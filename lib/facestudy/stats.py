@@ -426,6 +426,7 @@ def calibration_table(profiles_: Sequence[str] = ("default", "gpu"), reps: int =
 DESIGNS.append(Design("G1a", "01_geometry", "ks", "n_max", "images per modality"))
 DESIGNS.append(Design("G1b-G1c", "01_geometry", "spearman", 40, "attributes"))
 DESIGNS.append(Design("G2", "01_geometry", "t", "world_ids", "identities"))
+DESIGNS.append(Design("G2r", "01_geometry", "t", "real_ids", "identities"))
 DESIGNS.append(Design("G3", "01_geometry", "t", "seeds", "seeds"))
 DESIGNS.append(Design("G4", "01_geometry", "t", "ft_seeds", "seeds"))
 # chapter 3 (KP-RPE): every trained claim takes the training seed as the unit (seed i of every arm starts from the
@@ -441,6 +442,6 @@ DESIGNS.append(Design("D5", "05_distillation", "noninferior", "seeds", "seeds"))
 # decided by a t over seeds (F1 density shape, F2 EV at the paper's L0 and gated - vanilla, F3 trained -
 # untrained SAE, F4 switched-off rate); F3's comparisons with raw neurons and PCA pair the labels (the
 # SAE's validation AUROC averaged over seeds first); F5 pairs act-max seeds (only at >= 256 steps)
-DESIGNS.append(Design("F1 F2 F3 F4", "04_facemint", "t", "sae_seeds", "seeds"))
-DESIGNS.append(Design("F3", "04_facemint", "t", 40, "labels"))
+DESIGNS.append(Design("F1 F2 F3 F3m F4", "04_facemint", "t", "sae_seeds", "seeds"))
+DESIGNS.append(Design("F3 F3m", "04_facemint", "t", 40, "labels"))
 DESIGNS.append(Design("F5", "04_facemint", "t", "actmax_seeds", "seeds"))

@@ -2,7 +2,7 @@
 AUROC interpretability scores against labels, contrastive sets and feature-ablation effects."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -384,3 +384,40 @@ def grid_seeds(x: torch.Tensor, runs: Sequence[tuple[str, dict]], seeds: Sequenc
             models[(n, int(s))] = trained[n].sae
         frames.append(grid)
     return pd.concat(frames, ignore_index=True), models
+
+
+# ------------------------------------------------------------------------ an intermediate layer (chapter 4)
+def layer_tokens(features: torch.Tensor) -> torch.Tensor:
+    """A convolutional layer's activations (N, C, H, W) as tokens (N*H*W, C), float32, face-major: rows
+    ``i*H*W ... (i+1)*H*W - 1`` are face ``i``'s positions in row-major order. Each position's C-vector is one
+    SAE input, so one face gives H*W training samples."""
+    if features.ndim != 4:
+        raise ParameterError(f"layer_tokens needs (N, C, H, W) activations, got shape {tuple(features.shape)}")
+    n, c, h, w = features.shape
+    return features.float().permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+@torch.no_grad()
+def unit_maps(encode: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+              batch_faces: int = 128) -> torch.Tensor:
+    """Every unit's spatial map: (N, M, H, W) from (N, C, H, W) activations, where ``encode`` maps tokens
+    (T, C) to codes (T, M) (an SAE's ``encode``, a PCA's ``encode``, or the identity for raw channels)."""
+    n, _, h, w = features.shape
+    out = []
+    for i in range(0, n, batch_faces):
+        f = features[i:i + batch_faces]
+        z = encode(layer_tokens(f))
+        out.append(z.reshape(len(f), h, w, -1).permute(0, 3, 1, 2))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def pooled_codes(encode: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+                 batch_faces: int = 128) -> torch.Tensor:
+    """Per face, each unit's maximum over the layer's positions, (N, M): "does the unit fire anywhere on
+    this face", the per-image score a label is compared with."""
+    n = len(features)
+    out = []
+    for i in range(0, n, batch_faces):
+        out.append(unit_maps(encode, features[i:i + batch_faces], batch_faces).amax(dim=(2, 3)))
+    return torch.cat(out) if out else torch.zeros(0)
