@@ -59,3 +59,28 @@ def test_paper_profile_missing_checkpoint_is_one_clear_error(tmp_path, monkeypat
         paper.require(["arcface_r50"])
     with pytest.raises(ParameterError):
         paper.require(["facenet"])
+
+
+def test_train_network_updates_every_layer_reinitialises_the_tail_and_loads_when_finished(tmp_path, monkeypatch):
+    """G3's full-network arm: the trunk moves too (unlike a head), the tail starts from the seeded re-init,
+    and a finished run is loaded from its checkpoint rather than trained again."""
+    from facestudy import data
+    from facestudy.geometry import heads
+    from facestudy.models.mobilefacenet import MobileFaceNet
+
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = MobileFaceNet(embedding_dim=32).eval()
+    rng = np.random.default_rng(0)
+    fs = data.FaceSet(rng.integers(0, 256, (12, 112, 112, 3), dtype=np.uint8), np.repeat(np.arange(4), 3),
+                      pd.DataFrame(index=range(12)), name="tiny-net-train", source="synthetic")
+    net, info = heads.train_network(model, fs, "arcface", seed=1, epochs=1, batch_size=6, lr=0.05, max_steps=2)
+    before, after = model.state_dict(), net.state_dict()
+    trunk_key = next(k for k in before if k.startswith("blocks.") and k.endswith("weight"))
+    assert not torch.equal(before[trunk_key], after[trunk_key])  # the loss reached the trunk
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert np.isfinite(info["final_loss"])
+    again, _ = heads.train_network(model, fs, "arcface", seed=1, epochs=1, batch_size=6, lr=0.05, max_steps=2)
+    assert all(torch.equal(after[k], again.state_dict()[k]) for k in after)
+    with pytest.raises(ParameterError):
+        heads.train_network(model, fs, "triplet")

@@ -65,7 +65,8 @@ def test_book_builds_with_W(smoke_book):
 # Calls that build or train a model in a chapter must say where: a GPU run of chapter 5 at the `gpu` profile
 # (2026-11-30, H200) trained every student on the CPU (4 MiB of GPU memory used; 238 s per tail) because its
 # teacher and `train_tail` were never given the run's device. Each listed call must carry the device.
-DEVICE_CALLS = ("models.pretrained(", "study.load_teacher(", "heads.train_tail(", "dtail.train_tail(")
+DEVICE_CALLS = ("models.pretrained(", "study.load_teacher(", "heads.train_tail(", "dtail.train_tail(",
+                "heads.train_network(")
 
 
 def _calls(source: str, name: str) -> list[str]:

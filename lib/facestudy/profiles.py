@@ -139,6 +139,9 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "ft_p": 0.8,  # probability that a training sample is replaced by its hue-shifted copy
             "tsne_n": 600,  # CelebA images in the 2-D projection figure
             "lfw_pairs_per_fold": 30,  # LFW pairs per fold for the models' / heads' verification accuracy
+            # G3f: whole networks per loss family (pretrained MobileFaceNet, tail re-initialised, every layer trained)
+            "full_networks": False, "full_seeds": [0, 1, 2], "full_epochs": 8, "full_batch": 128, "full_lr": 0.01,
+            "full_max_steps": 0,  # 0 = all epochs (a rehearsal caps the steps)
         },
         "smoke": {
             "real_data": False, "real_models": ["mobilefacenet-ms1m"], "n_max": 40, "n_boot": 20,
@@ -149,20 +152,21 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "world_ids": 3, "world_curves": 4, "world_size": 112, "world_attributes": ["yaw", "hue"],
             "real_ids": 2, "real_curves": 4, "real_attributes": ["illumination", "brightness"], "k": 3,
             "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 4,
+            "full_networks": True, "full_seeds": [0], "full_epochs": 1, "full_batch": 16, "full_max_steps": 2,
         },
         "default": {},
         "gpu": {
             "celeba_limit": 0, "n_max": 500, "n_boot": 500, "probe_limit": 10000, "train_limit": 0,
             "seeds": [0, 1, 2, 3, 4], "head_epochs": 30, "world_ids": 30, "world_curves": 100, "real_ids": 40,
             "real_curves": 100, "ft_seeds": list(range(10)), "ft_ids": 30, "ft_epochs": 6, "tsne_n": 3000,
-            "lfw_pairs_per_fold": 300,
+            "lfw_pairs_per_fold": 300, "full_networks": True,
         },
         "paper": {
             "celeba_limit": 0, "n_max": 500, "n_boot": 500, "probe_limit": 10000, "train_limit": 0,
             "paper_checkpoints": ["arcface_r50", "arcface_r100", "adaface_r100"],
             "seeds": [0, 1, 2, 3, 4], "head_epochs": 30, "world_ids": 50, "world_curves": 300, "real_ids": 100,
             "real_curves": 300, "ft_seeds": list(range(10)), "ft_ids": 50, "ft_epochs": 6, "tsne_n": 5000,
-            "lfw_pairs_per_fold": 300,
+            "lfw_pairs_per_fold": 300, "full_networks": True,
         },
     },
     "02_uiface": {
@@ -453,6 +457,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "world_attributes": ["yaw", "hue"], "real_ids": 2, "real_curves": 4,
         "real_attributes": ["illumination", "brightness"],
         "k": 3, "ft_seeds": [0, 1, 2], "ft_ids": 3, "ft_epochs": 1, "tsne_n": 30, "lfw_pairs_per_fold": 2,
+        "full_seeds": [0], "full_epochs": 1, "full_batch": 8, "full_max_steps": 2,
     },
     "03_kprpe": {
         "id299_limit": 40, "celeba10k_limit": 0, "synth_identities": 0, "synth_per_identity": 2, "epochs": 1,

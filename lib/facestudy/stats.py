@@ -428,6 +428,7 @@ DESIGNS.append(Design("G1b-G1c", "01_geometry", "spearman", 40, "attributes"))
 DESIGNS.append(Design("G2", "01_geometry", "t", "world_ids", "identities"))
 DESIGNS.append(Design("G2r", "01_geometry", "t", "real_ids", "identities"))
 DESIGNS.append(Design("G3", "01_geometry", "t", "seeds", "seeds"))
+DESIGNS.append(Design("G3f", "01_geometry", "t", "full_seeds", "seeds"))
 DESIGNS.append(Design("G4", "01_geometry", "t", "ft_seeds", "seeds"))
 # chapter 3 (KP-RPE): every trained claim takes the training seed as the unit (seed i of every arm starts from the
 # same weights and data order: paired t over seeds); K1c/K1d test per-seed slopes of the gain against the dose

@@ -182,3 +182,44 @@ def train_tail(features: torch.Tensor, labels: Any, loss: str, *, init: nn.Modul
         torch.save({"tail": tail.state_dict(), "final_loss": final}, tmp)
         tmp.replace(path)
     return tail, {"final_loss": final, "loaded": False, "path": str(path)}
+
+
+def train_network(model: nn.Module, faceset: Any, loss: str, *, seed: int = 0, epochs: int = 4,
+                  batch_size: int = 128, lr: float = 0.01, weight_decay: float = 5e-4, max_steps: int | None = None,
+                  device: Any = None, cache: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The *whole* network trained with loss family ``loss``: G3's full-network comparison (``gpu`` profile).
+
+    A copy of the pretrained ``model`` (a MobileFaceNet) gets its tail (GDC, FC, embedding BN) re-initialised
+    as in :func:`train_tail` with the same ``seed``, then **every** layer is trained by the loss on ``faceset``
+    (:func:`facestudy.train.fit`: SGD, cosine schedule, random horizontal flips). Where the heads show what the
+    loss does to the last layers, this shows what it does when it can also reshape the features underneath.
+    Checkpointed under ``<cache>/geometry/networks`` keyed by every input (a killed run resumes, a finished one
+    loads). Returns (network in eval mode on the CPU, info with ``final_loss`` and ``path``).
+    """
+    from .. import losses
+    from ..eval import faceset_hash
+    from ..train import checkpoint_path, fit, random_hflip
+
+    if loss not in FAMILIES:
+        raise ParameterError(f"unknown loss family {loss!r}; valid: {', '.join(FAMILIES)}")
+    labels_np = np.asarray(faceset.labels, dtype=np.int64)
+    if len(labels_np) == 0 or (labels_np < 0).any():
+        raise ParameterError("train_network needs a face set with labels >= 0 (relabel it first)")
+    for part in ("gdc", "fc", "emb_bn"):
+        if not hasattr(model, part):
+            raise ParameterError(f"train_network needs a MobileFaceNet-like model with a {part!r} tail part")
+    net = copy.deepcopy(model).cpu()
+    reset_tail(nn.ModuleList([net.gdc, net.fc, net.emb_bn]), seed)
+    head = losses.make_head(loss, net.fc.out_features, int(labels_np.max()) + 1)
+    spec = ("net-v1", loss, module_digest(model), seed, epochs, batch_size, lr, weight_decay, max_steps,
+            f"{faceset.name}-{faceset_hash(faceset)}")
+    path = checkpoint_path("geometry/networks", *spec)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    hist = fit(net, head, faceset, epochs=epochs, batch_size=min(batch_size, len(faceset)), lr=lr,
+               device=device if device is not None else "cpu", schedule="cosine", optimizer="sgd",
+               weight_decay=weight_decay, augment=random_hflip, checkpoint=path if cache else None, seed=seed,
+               progress=False, max_steps=max_steps)
+    steps = hist.to_frame()
+    final = float(steps["loss"].tail(10).mean()) if len(steps) and "loss" in steps else float("nan")
+    return net.cpu().eval(), {"final_loss": final, "path": str(path)}
