@@ -102,3 +102,17 @@ def test_layer_tokens_units_and_pooling_keep_faces_and_positions_apart():
     assert torch.allclose(pooled, want)
     with pytest.raises(ParameterError):
         analysis.layer_tokens(torch.zeros(4, 3))
+
+
+def test_untrained_like_keeps_family_settings_and_scaling_but_not_the_learned_dictionary():
+    from facestudy.interpret import saes
+
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    trained = saes.train_sae(saes.create("topk", d_in=16, seed=0, expansion=2, k=4), x, steps=5, batch_size=32).sae
+    ctl = analysis.untrained_like(trained, x, seed=7)
+    assert type(ctl) is type(trained) and ctl.n_latents == trained.n_latents
+    assert ctl.config.as_dict() == {**trained.config.as_dict(), "seed": 7}
+    assert torch.equal(ctl.input_scale, trained.input_scale)
+    assert not torch.allclose(ctl.W_enc, trained.W_enc)  # a fresh dictionary, not the learned one
+    again = analysis.untrained_like(trained, x, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(ctl.state_dict().values(), again.state_dict().values(), strict=True))

@@ -386,6 +386,19 @@ def grid_seeds(x: torch.Tensor, runs: Sequence[tuple[str, dict]], seeds: Sequenc
     return pd.concat(frames, ignore_index=True), models
 
 
+def untrained_like(sae: saes.BaseSAE, x_train: torch.Tensor, seed: int) -> saes.BaseSAE:
+    """The untrained control of a trained SAE (chapter 4, F3 and F3m): the same family and settings with a fresh
+    seeded random dictionary, the trained SAE's input scaling, and the family's data-dependent initialisation on
+    the same (scaled) raw training inputs ``x_train``. What a trained SAE gains over it is learned, not a side
+    effect of having many units to choose from."""
+    settings = sae.config.as_dict()
+    kind = settings.pop("kind")
+    ctl = saes.create(kind, **{k: v for k, v in settings.items() if k not in ("m", "seed")}, seed=seed)
+    ctl.input_scale.copy_(sae.input_scale)
+    ctl.init_from_data(x_train * sae.input_scale)
+    return ctl
+
+
 # ------------------------------------------------------------------------ an intermediate layer (chapter 4)
 def layer_tokens(features: torch.Tensor) -> torch.Tensor:
     """A convolutional layer's activations (N, C, H, W) as tokens (N*H*W, C), float32, face-major: rows
