@@ -2,6 +2,8 @@
 training, degradations move keypoints with the pixels, cached training."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,39 @@ def test_rpe_lr_mult_scales_only_the_position_encoding_step():
                        float((m.head[0].weight.detach() - w_other).abs().max()))
     assert moved[0.0][0] == 0.0 and moved[1.0][0] > 1e-4
     assert moved[0.0][1] > 1e-4 and moved[1.0][1] > 1e-4
+
+
+def test_attention_knockout_removes_the_branch_or_flattens_the_map_and_restores():
+    from facestudy.models.vit import attention_knockout
+
+    x = torch.randn(3, 6, 7, 7)
+    kp = torch.rand(3, 5, 2)
+    m = hy.make_hybrid("kprpe", 6, seed=1, **ARCH).eval()
+    torch.nn.init.normal_(m.rpe.offset_layer.weight, std=1.0)  # a bias that depends on the keypoints
+    intact = m(x, kp)
+    with torch.no_grad():
+        # "zero" == the same model whose attention output projection is zero
+        ref = copy.deepcopy(m)
+        for blk in ref.blocks:
+            blk.attn.proj.weight.zero_()
+            blk.attn.proj.bias.zero_()
+        with attention_knockout(m, "zero"):
+            assert torch.allclose(m(x, kp), ref(x, kp), atol=1e-6)
+        # "uniform" == queries zeroed (all logits 0) and no position bias: keypoints no longer matter
+        ref = copy.deepcopy(m)
+        ref.rpe.offset_layer.weight.zero_()
+        ref.rpe.offset_layer.bias.zero_()
+        for blk in ref.blocks:
+            d = blk.attn.qkv.weight.shape[1]
+            blk.attn.qkv.weight[:d].zero_()
+        with attention_knockout(m, "uniform"):
+            out = m(x, kp)
+            assert torch.allclose(out, ref(x, kp), atol=1e-5)
+            assert torch.allclose(out, m(x, torch.rand(3, 5, 2)), atol=1e-6)
+            assert not torch.allclose(out, intact, atol=1e-4)
+    assert torch.equal(m(x, kp), intact)  # restored
+    with pytest.raises(RuntimeError), attention_knockout(m, "zero"):
+        raise RuntimeError("boom")
+    assert torch.equal(m(x, kp), intact)  # restored after an error too
+    with pytest.raises(ParameterError, match="mode"), attention_knockout(m, "half"):
+        pass

@@ -18,6 +18,7 @@ The FR-core registry builds it with ``facestudy.models.create("vit", **kw)``, wh
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -72,14 +73,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.last_attention: torch.Tensor | None = None
         self.keep_attention = False
+        self.knockout: str | None = None  # None | "zero" | "uniform" (set through attention_knockout)
 
     def forward(self, x: torch.Tensor,
                 bias: torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
                 value_fn: Callable[[torch.Tensor], torch.Tensor | None] | None = None) -> torch.Tensor:
         """``bias``: a (B or 1, H or 1, N, N) tensor, or a callable ``(q_scaled, k) -> tensor | None``."""
         B, N, C = x.shape
+        if self.knockout == "zero":  # the whole attention branch removed: the block keeps only its MLP
+            return torch.zeros_like(x)
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        if self.knockout == "uniform":  # every query attends equally to every key: no bias, no content
+            return self.proj(v.mean(2, keepdim=True).expand_as(v).transpose(1, 2).reshape(B, N, C))
         logits = q @ k.transpose(-2, -1)
         if callable(bias):
             bias = bias(q, k)
@@ -94,6 +100,30 @@ class Attention(nn.Module):
             if extra is not None:
                 out = out + extra
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+@contextlib.contextmanager
+def attention_knockout(model: nn.Module, mode: str = "zero"):
+    """Within the ``with`` block every :class:`Attention` of ``model`` is knocked out: ``"zero"`` removes the
+    attention branch (each block keeps its residual and MLP), ``"uniform"`` replaces every attention map by
+    the uniform one (no position bias, no content routing). Restores the model on exit, even after an error.
+
+    The diagnostic behind chapter 3's question "does this model route information through attention at all?":
+    a position encoding (iRPE, KP-RPE) acts only through attention, so if knocking attention out costs nothing,
+    no position encoding can help."""
+    if mode not in ("zero", "uniform"):
+        raise ParameterError(f"attention_knockout: mode must be 'zero' or 'uniform', got {mode!r}")
+    mods = [m for m in model.modules() if isinstance(m, Attention)]
+    if not mods:
+        raise ParameterError(f"attention_knockout: {type(model).__name__} has no vit.Attention module")
+    old = [m.knockout for m in mods]
+    for m in mods:
+        m.knockout = mode
+    try:
+        yield model
+    finally:
+        for m, o in zip(mods, old, strict=True):
+            m.knockout = o
 
 
 class Block(nn.Module):
