@@ -94,3 +94,24 @@ def test_power_and_seeds_needed():
 def test_nan_input_is_refused():
     with pytest.raises(ParameterError, match="NaN"):
         stats.mean_ci([1.0, float("nan"), 2.0])
+
+
+def test_identical_quantised_units_never_decide_and_resolution_floors_the_spread():
+    # three seeds that each lose exactly one LFW pair of 200 (-0.5 points): the t interval would collapse to
+    # the point and call a one-pair difference a contradiction (chapter 3's K1b in a fresh build)
+    d = [-0.5, -0.5, -0.5]
+    e = stats.mean_ci(d)
+    assert e.extra.get("degenerate") and not np.isfinite(e.low) and e.p == 1.0
+    v = report.effect(e, what="x")
+    assert v.verdict == "untestable here" and "same value" in v.why
+    assert report.noninferior(e, delta=1.0, what="x").verdict == "untestable here"
+    f = stats.seeds(np.zeros(3), np.full(3, 0.5), resolution=0.5)  # floored at one step: spans 0
+    assert f.low < 0 < f.high and report.effect(f, what="x").verdict == "inconclusive"
+    # a spread above the resolution is untouched (equals scipy's t interval)
+    g, h = stats.mean_ci([1.0, 2.0, 4.0], resolution=0.5), stats.mean_ci([1.0, 2.0, 4.0])
+    assert (g.low, g.high, g.p) == (h.low, h.high, h.p)
+    # the exact sign-flip test still decides identical values (p = 2^-n)
+    s = stats.mean_ci([0.3] * 6, method="signflip")
+    assert s.p == pytest.approx(2.0 ** -6) and report.effect(s, what="x").verdict == "reproduced"
+    with pytest.raises(ParameterError):
+        stats.mean_ci(d, resolution=-1.0)

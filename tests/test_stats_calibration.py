@@ -78,3 +78,19 @@ def test_chapters_use_only_calibrated_rules():
     assert used <= allowed, f"uncalibrated or unknown report helpers in notebooks: {sorted(used - allowed)}"
     for old in ("greater", "at_least", "at_most", "ci_excludes_zero", "bootstrap_diff_ci"):
         assert not hasattr(report, old), old
+
+
+@pytest.mark.parametrize("discordant", [0.3, 1.0, 3.0, 10.0])
+def test_seed_rule_on_quantised_accuracies_stays_calibrated(discordant):
+    """Chapter 3's accuracies move in steps of one pair (0.5 points on 200 pairs). With no effect, each seed's
+    difference is (pairs only A gets right - pairs only B gets right) x step, both Poisson: at n = 3 seeds the
+    t rule with the resolution floor says "reproduced" at most 2.5 % of the time, and never on identical seeds."""
+    rng = np.random.default_rng(5)
+    reps, step = 4000, 0.5
+    d = (rng.poisson(discordant, (reps, 3)) - rng.poisson(discordant, (reps, 3))) * step
+    hits = sum(stats.mean_ci(row, resolution=step).low > 0 for row in d)
+    se = math.sqrt(stats.ALPHA * (1 - stats.ALPHA) / reps)
+    assert hits / reps <= stats.ALPHA + TOL_SE * se
+    same = d[(d == d[:, :1]).all(1) & (d[:, 0] != 0)]
+    assert len(same) or discordant > 1  # the case the floor exists for does occur
+    assert all(not stats.mean_ci(row).low > 0 for row in same)  # no floor given: degenerate, never decided

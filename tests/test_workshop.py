@@ -195,3 +195,19 @@ def test_book_drops_the_notebooks_own_section_numbers():
     assert strip_number("6.2. Results") == strip_number("6.2 Results") == "Results"
     for keep in ("2026 results", "3D faces", "The 5 landmarks", "1.", "Claims"):
         assert strip_number(keep) == keep
+
+
+def test_book_renumbers_the_chapters_references_to_their_sections():
+    """"section 6" in a chapter's prose becomes the book's number ("3.6"); a paper's "section 5.4", an unknown
+    number and other words are left alone."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        from heading_numbers import renumber_references
+    finally:
+        sys.path.remove(str(ROOT / "book" / "_ext"))
+    nums = {"4": "3.4", "5": "3.5", "6": "3.6"}
+    assert renumber_references("Section 6 knocks attention out", nums) == "Section 3.6 knocks attention out"
+    assert renumber_references("see sections 4 and 5, then section 6.", nums) == \
+        "see sections 3.4 and 3.5, then section 3.6."
+    for keep in ("the paper's section 5.4, human study", "section 12 of nothing", "cross-section 4x", "Table 6"):
+        assert renumber_references(keep, nums) == keep

@@ -69,6 +69,11 @@ def _power_or_inconclusive(est: Estimate, smallest: float | None, rule: str, wha
 
 
 def _too_few(est: Estimate, minimum: int, rule: str) -> Verdict:
+    if est.extra.get("degenerate"):
+        return Verdict("untestable here", rule, why=f"all {est.n} {est.unit} gave exactly the same value, so the "
+                       "interval has no spread to rest on (values measured more coarsely than they vary)",
+                       needs="a finer measurement (more pairs or images per unit) or its resolution",
+                       estimate=est)
     return Verdict("untestable here", rule, why=f"only {est.n} {est.unit}: the {est.method} rule needs >= "
                    f"{minimum} to reach the 2.5 % one-sided level", needs=f">= {minimum} {est.unit}", estimate=est)
 
@@ -85,7 +90,7 @@ def effect(est: Estimate, *, what: str, margin: float = 0.0, smallest: float | N
             f"reproduced if it lies above {_num(margin)}, not reproduced if below 0"
             + (f" or below the smallest effect of interest {_num(smallest)}" if smallest is not None else "")
             + "; otherwise untestable (power) or inconclusive")
-    if est.extra.get("too_few"):
+    if est.extra.get("too_few") or est.extra.get("degenerate"):
         return _too_few(est, stats.MIN_N_SIGNFLIP if est.method == "signflip" else stats.MIN_N_T, rule)
     if est.method == "signflip":  # decided by the exact permutation p-values (the t interval is shown)
         up = est.p < stats.ALPHA and est.estimate > margin
@@ -109,7 +114,7 @@ def noninferior(est: Estimate, *, delta: float, what: str) -> Verdict:
     rule = (f"{what}: non-inferiority margin {_num(delta)}; {est.method} 95% interval over {est.n} {est.unit} "
             f"[{_num(est.low)}, {_num(est.high)}]; reproduced if its low end > -{_num(delta)}, "
             f"not reproduced if its high end < -{_num(delta)}")
-    if est.extra.get("too_few"):
+    if est.extra.get("too_few") or est.extra.get("degenerate"):
         return _too_few(est, stats.MIN_N_T, rule)
     if est.low > -delta:
         return Verdict("reproduced", rule, estimate=est)
@@ -123,7 +128,7 @@ def equivalent(est: Estimate, *, delta: float, what: str) -> Verdict:
     rule = (f"{what}: equivalence margin ±{_num(delta)}; {est.method} 95% interval over {est.n} {est.unit} "
             f"[{_num(est.low)}, {_num(est.high)}]; reproduced if inside the margin, not reproduced if "
             "entirely outside it")
-    if est.extra.get("too_few"):
+    if est.extra.get("too_few") or est.extra.get("degenerate"):
         return _too_few(est, stats.MIN_N_T, rule)
     if -delta < est.low and est.high < delta:
         return Verdict("reproduced", rule, estimate=est)
@@ -143,7 +148,7 @@ def correlation(est: Estimate, *, sign: int, what: str) -> Verdict:
             f"[{_num(est.low)}, {_num(est.high)}], one-sided permutation p = {p_claim:.3g}; reproduced if "
             f"p < {stats.ALPHA} in the claimed ({'positive' if sign > 0 else 'negative'}) direction, not "
             "reproduced if significant in the other")
-    if est.extra.get("too_few"):
+    if est.extra.get("too_few") or est.extra.get("degenerate"):
         return Verdict("untestable here", rule, why=f"only {est.n} {est.unit} (or no variation)",
                        needs=">= 4 units with varying values", estimate=est)
     if p_claim < stats.ALPHA:

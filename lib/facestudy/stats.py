@@ -109,14 +109,22 @@ def mde(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> flo
 
 
 def mean_ci(d: Sequence[float], *, unit: str = "units", method: str = "t", level: float = LEVEL,
-            seed: int = 0, n_resamples: int = 9999) -> Estimate:
+            seed: int = 0, n_resamples: int = 9999, resolution: float = 0.0) -> Estimate:
     """Mean of per-unit values (usually paired differences) with an interval and a one-sided p (mean > 0).
 
     ``method="t"``: Student t (scipy.stats.ttest_1samp). ``method="signflip"``: exact sign-flip
     permutation p-value (scipy.stats.permutation_test, all 2^n sign patterns up to n = 16, else
     ``n_resamples`` random ones); the interval shown is the t interval. Below the method's minimum n the
     interval is (-inf, inf) and p = 1, so no rule can call it significant.
+
+    ``resolution``: the step in which the per-unit values are measured (one LFW pair of 200 = 0.5 accuracy
+    points). Quantised values can agree exactly across a few units even when the spread behind them is not
+    zero (three seeds that each lose exactly one pair); the t interval then collapses to a point and would
+    decide on a one-pair difference. So the standard deviation used is at least ``resolution``. Without a
+    resolution, identical values give no interval at all (``extra["degenerate"]``: untestable, never decided).
     """
+    if resolution < 0 or not np.isfinite(resolution):
+        raise ParameterError(f"resolution must be a finite number >= 0, got {resolution}")
     d = _clean(d, "values")
     n = len(d)
     if method not in ("t", "signflip"):
@@ -124,20 +132,25 @@ def mean_ci(d: Sequence[float], *, unit: str = "units", method: str = "t", level
     est = float(d.mean()) if n else float("nan")
     if n < MIN_N_T or (method == "signflip" and n < MIN_N_SIGNFLIP):
         return Estimate(est, -math.inf, math.inf, n, unit, method, 1.0, extra={"too_few": True})
-    sd = float(d.std(ddof=1))
+    sd = max(float(d.std(ddof=1)), float(resolution))
     se = sd / math.sqrt(n)
     df = n - 1
-    if se == 0.0:  # every unit identical: the interval is the point
-        p = 0.0 if est > 0 else 1.0
-        return Estimate(est, est, est, n, unit, method, p, 0.0, df, {"p_less": 0.0 if est < 0 else 1.0})
-    ci = sps.ttest_1samp(d, 0.0).confidence_interval(confidence_level=level)
-    p = float(sps.ttest_1samp(d, 0.0, alternative="greater").pvalue)
-    p_less = float(sps.ttest_1samp(d, 0.0, alternative="less").pvalue)
+    if se == 0.0 and method == "t":  # every unit identical and no resolution: no spread to build an interval on
+        return Estimate(est, -math.inf, math.inf, n, unit, method, 1.0, extra={"degenerate": True, "p_less": 1.0})
+    if se == 0.0:  # sign-flip: identical values are still an exact permutation test (p = 2^-n); no t interval
+        kw = dict(permutation_type="samples", n_resamples=n_resamples if n > 16 else np.inf, random_state=seed)
+        p = float(sps.permutation_test((d,), np.mean, alternative="greater", **kw).pvalue) if est else 1.0
+        p_less = float(sps.permutation_test((d,), np.mean, alternative="less", **kw).pvalue) if est else 1.0
+        return Estimate(est, est, est, n, unit, method, p, 0.0, df, {"p_less": p_less})
+    half = float(sps.t.ppf(0.5 + level / 2, df)) * se  # = scipy.stats.ttest_1samp's interval when sd is not floored
+    ci = (est - half, est + half)
+    p = float(sps.t.sf(est / se, df))
+    p_less = float(sps.t.cdf(est / se, df))
     if method == "signflip":
         kw = dict(permutation_type="samples", n_resamples=n_resamples if n > 16 else np.inf, random_state=seed)
         p = float(sps.permutation_test((d,), np.mean, alternative="greater", **kw).pvalue)
         p_less = float(sps.permutation_test((d,), np.mean, alternative="less", **kw).pvalue)
-    return Estimate(est, float(ci.low), float(ci.high), n, unit, method, p, se, df, {"p_less": p_less})
+    return Estimate(est, float(ci[0]), float(ci[1]), n, unit, method, p, se, df, {"p_less": p_less})
 
 
 def paired(a: Sequence[float], b: Sequence[float], *, unit: str = "units", method: str = "t",
@@ -150,13 +163,14 @@ def paired(a: Sequence[float], b: Sequence[float], *, unit: str = "units", metho
 
 
 def seeds(a: Any, b: Any = None, *, paired: bool = True, unit: str = "seeds",
-          level: float = LEVEL) -> Estimate:
+          level: float = LEVEL, resolution: float = 0.0) -> Estimate:
     """Effect of arm ``a`` over arm ``b`` with the training seed as the unit of replication.
 
     ``a`` and ``b`` are ``(n_seeds,)`` results or ``(n_seeds, n_eval)`` results per evaluation unit (folds,
     identities), averaged over the evaluation axis first (two-stage analysis, see the module docstring).
     ``b=None`` tests ``a`` itself against 0 (e.g. already-differenced values). ``paired=True`` pairs seed
     i of both arms (same data order / initialisation seed); ``paired=False`` uses Welch's t.
+    ``resolution``: the measurement step of the per-seed values (paired / one-arm only; see :func:`mean_ci`).
     """
     def per_seed(x: Any, name: str) -> np.ndarray:
         x = np.asarray(x, dtype=float)
@@ -166,12 +180,12 @@ def seeds(a: Any, b: Any = None, *, paired: bool = True, unit: str = "seeds",
 
     a = per_seed(a, "a")
     if b is None:
-        return mean_ci(a, unit=unit, level=level)
+        return mean_ci(a, unit=unit, level=level, resolution=resolution)
     b = per_seed(b, "b")
     if paired:
         if a.shape != b.shape:
             raise ParameterError(f"paired seeds need the same seeds in both arms, got {len(a)} and {len(b)}")
-        return mean_ci(a - b, unit=unit, level=level)
+        return mean_ci(a - b, unit=unit, level=level, resolution=resolution)
     na, nb = len(a), len(b)
     est = float(a.mean() - b.mean())
     if min(na, nb) < 2 or na + nb < MIN_N_T + 1:
