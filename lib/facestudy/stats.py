@@ -108,6 +108,13 @@ def mde(se: float, df: float, alpha: float = ALPHA, power: float = POWER) -> flo
     return float((sps.t.ppf(1 - alpha, df) + sps.t.ppf(power, df)) * se)
 
 
+def _signflip_pvalues(d: np.ndarray, seed: int, n_resamples: int) -> tuple[float, float]:
+    """One-sided exact sign-flip p-values (mean > 0, mean < 0): all 2^n patterns up to n = 16."""
+    kw = dict(permutation_type="samples", n_resamples=n_resamples if len(d) > 16 else np.inf, random_state=seed)
+    return (float(sps.permutation_test((d,), np.mean, alternative="greater", **kw).pvalue),
+            float(sps.permutation_test((d,), np.mean, alternative="less", **kw).pvalue))
+
+
 def mean_ci(d: Sequence[float], *, unit: str = "units", method: str = "t", level: float = LEVEL,
             seed: int = 0, n_resamples: int = 9999, resolution: float = 0.0) -> Estimate:
     """Mean of per-unit values (usually paired differences) with an interval and a one-sided p (mean > 0).
@@ -138,18 +145,14 @@ def mean_ci(d: Sequence[float], *, unit: str = "units", method: str = "t", level
     if se == 0.0 and method == "t":  # every unit identical and no resolution: no spread to build an interval on
         return Estimate(est, -math.inf, math.inf, n, unit, method, 1.0, extra={"degenerate": True, "p_less": 1.0})
     if se == 0.0:  # sign-flip: identical values are still an exact permutation test (p = 2^-n); no t interval
-        kw = dict(permutation_type="samples", n_resamples=n_resamples if n > 16 else np.inf, random_state=seed)
-        p = float(sps.permutation_test((d,), np.mean, alternative="greater", **kw).pvalue) if est else 1.0
-        p_less = float(sps.permutation_test((d,), np.mean, alternative="less", **kw).pvalue) if est else 1.0
+        p, p_less = _signflip_pvalues(d, seed, n_resamples)
         return Estimate(est, est, est, n, unit, method, p, 0.0, df, {"p_less": p_less})
     half = float(sps.t.ppf(0.5 + level / 2, df)) * se  # = scipy.stats.ttest_1samp's interval when sd is not floored
     ci = (est - half, est + half)
     p = float(sps.t.sf(est / se, df))
     p_less = float(sps.t.cdf(est / se, df))
     if method == "signflip":
-        kw = dict(permutation_type="samples", n_resamples=n_resamples if n > 16 else np.inf, random_state=seed)
-        p = float(sps.permutation_test((d,), np.mean, alternative="greater", **kw).pvalue)
-        p_less = float(sps.permutation_test((d,), np.mean, alternative="less", **kw).pvalue)
+        p, p_less = _signflip_pvalues(d, seed, n_resamples)
     return Estimate(est, float(ci[0]), float(ci[1]), n, unit, method, p, se, df, {"p_less": p_less})
 
 
