@@ -43,7 +43,7 @@ def main() -> None:
     from facestudy import stats
     from facestudy.kprpe import experiment as kx
     from facestudy.kprpe import hybrid as hy
-    from facestudy.kprpe import noisy_keypoints, template_keypoints
+    from facestudy.kprpe import landmarks_or_template, noisy_keypoints
     from facestudy.models.vit import attention_knockout
 
     run = facestudy.runtime.start("03_kprpe", profile="default", seed=0, device="cpu")
@@ -51,9 +51,7 @@ def main() -> None:
     trunk = fsmodels.pretrained(cfg.trunk)
     trainset, _ = kx.training_set(cfg, 0, note=run.note, size=112)
     faces, pairs = facestudy.data.lfw_pairs(n_per_fold=cfg.lfw_pairs_per_fold, folds=cfg.lfw_folds)
-    lm = faces.landmarks
-    ok = np.isfinite(lm).all(axis=(1, 2))
-    kp = np.where(ok[:, None, None], lm / faces.images.shape[1], template_keypoints(len(faces))).astype(np.float32)
+    kp = landmarks_or_template(faces.landmarks, faces.images.shape[2], faces.images.shape[1])
     conds = hy.make_conditions(faces.images, kp, 0, strengths=cfg.dose_strengths, sides=cfg.dose_sides,
                                trunk=trunk, layer=cfg.trunk_layer, name=f"LFW-{len(faces)}")
     study = hy.Study(cfg, trainset, trunk=trunk, note=run.note)

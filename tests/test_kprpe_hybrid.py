@@ -169,3 +169,15 @@ def test_attention_knockout_removes_the_branch_or_flattens_the_map_and_restores(
     assert torch.equal(m(x, kp), intact)  # restored after an error too
     with pytest.raises(ParameterError, match="mode"), attention_knockout(m, "half"):
         pass
+
+
+def test_landmarks_or_template_normalises_and_fills_missing_faces():
+    from facestudy.kprpe import landmarks_or_template
+
+    lm = np.full((2, 5, 2), np.nan, np.float32)
+    lm[0] = [[40, 50], [70, 50], [56, 65], [44, 80], [68, 80]]
+    kp = landmarks_or_template(lm, 112)
+    assert np.allclose(kp[0], lm[0] / 112) and np.allclose(kp[1], template_keypoints(1)[0])
+    assert np.allclose(landmarks_or_template(lm[:1], 224, 112)[0], lm[0] / [224, 112])
+    with pytest.raises(ParameterError):
+        landmarks_or_template(None, 112)

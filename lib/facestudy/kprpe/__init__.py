@@ -25,6 +25,7 @@ from .keypoints import (
     augment_spec,
     denormalize_keypoints,
     flip_keypoints,
+    landmarks_or_template,
     noisy_keypoints,
     normalize_keypoints,
     template_keypoints,
@@ -38,6 +39,7 @@ __all__ = [
     "landmark_quality", "nme", "CONDITIONS", "AugmentSpec", "ConditionSpec", "KeypointAugment", "affine_theta",
     "apply_condition", "augment_batch", "augment_spec", "denormalize_keypoints", "flip_keypoints", "noisy_keypoints",
     "normalize_keypoints",
-    "template_keypoints", "warp_images", "warp_keypoints", "CTX_TYPES", "IRPE", "KPRPE", "relative_keypoints",
+    "landmarks_or_template", "template_keypoints", "warp_images", "warp_keypoints",
+    "CTX_TYPES", "IRPE", "KPRPE", "relative_keypoints",
     "cvlface", "load_cvlface_kprpe",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from .keypoints import AUGMENT_VERSION, ConditionSpec, apply_condition, template_keypoints
+from .keypoints import AUGMENT_VERSION, ConditionSpec, apply_condition, landmarks_or_template, template_keypoints
 
 
 # ------------------------------------------------------------------ keypoints from our MTCNN, cached
@@ -103,7 +103,7 @@ def condition_set(images: np.ndarray, condition: str, seed: int, indices=None,
         lm = np.asarray(landmarks, np.float32)
         h, w = out.shape[1:3]
         ok = np.isfinite(lm).all(axis=(1, 2))
-        kp = np.where(ok[:, None, None], lm / np.array([w, h], np.float32), template_keypoints(len(lm)))
+        kp = landmarks_or_template(lm, w, h)
         sc = np.ones(len(lm), np.float32) if scores is None else np.nan_to_num(np.asarray(scores, np.float32))
         return out, KeypointResult(kp.astype(np.float32), np.where(ok, sc, 0).astype(np.float32), ok)
     kp = detect_keypoints(out, key=f"{condition}-s{seed}", mtcnn=mtcnn)

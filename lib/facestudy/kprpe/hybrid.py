@@ -337,13 +337,11 @@ class Study:
         if cfg.design == "hybrid":
             if trunk is None:
                 raise ParameterError("the hybrid design needs the frozen trunk model")
-            from .keypoints import template_keypoints
+            from .keypoints import landmarks_or_template, template_keypoints
 
-            lm = trainset.landmarks
-            ok = np.isfinite(lm).all(axis=(1, 2)) if lm is not None else np.zeros(len(trainset), bool)
-            h = trainset.images.shape[1]
-            kp = np.where(ok[:, None, None], (lm if lm is not None else 0) / float(h),
-                          template_keypoints(len(trainset))).astype(np.float32)
+            h, w = trainset.images.shape[1:3]
+            kp = (landmarks_or_template(trainset.landmarks, w, h) if trainset.landmarks is not None
+                  else template_keypoints(len(trainset)))
             parts = [tokens(trunk, trainset.images, kp, trainset.labels, layer=cfg.trunk_layer, name="train")]
             for c in range(int(cfg.train_copies)):
                 im, k = training_copy(trainset.images, kp, seed=1000 + c)

@@ -50,6 +50,17 @@ def template_keypoints(n: int) -> np.ndarray:
     return np.repeat(normalize_keypoints(ARCFACE_TEMPLATE_112[None], 112), n, axis=0)
 
 
+def landmarks_or_template(landmarks, width: int, height: int | None = None) -> np.ndarray:
+    """(N, 5, 2) pixel landmarks (``FaceSet.landmarks``, NaN where no face was found; None = none at all)
+    normalised by the image size, with the alignment template where a face has none."""
+    if landmarks is None:
+        raise ParameterError("landmarks_or_template needs landmarks (pass template_keypoints(n) for none)")
+    lm = np.asarray(landmarks, np.float32)
+    ok = np.isfinite(lm).all(axis=(1, 2))
+    size = np.array([width, width if height is None else height], np.float32)
+    return np.where(ok[:, None, None], lm / size, template_keypoints(len(lm))).astype(np.float32)
+
+
 def flip_keypoints(keypoints: torch.Tensor | np.ndarray):
     """Mirror normalised keypoints horizontally and swap left/right indices (§1.4)."""
     if isinstance(keypoints, np.ndarray):
