@@ -53,7 +53,8 @@ def test_rehearsal_caps_are_table_keys_and_change_only_work():
 def test_rehearsal_keeps_shapes_and_lets_overrides_win():
     cfg = profiles.resolve("02_uiface", "gpu", rehearse=True)
     full = profiles.resolve("02_uiface", "gpu")
-    for key in ("image_size", "unet_channels", "attn_levels", "n_tokens", "token_dim", "fr_width", "fr_stages"):
+    for key in ("image_size", "unet_channels", "attn_levels", "n_tokens", "token_dim", "latent_channels",
+                "ae_channels"):
         assert cfg[key] == full[key]
     assert cfg.train_steps == profiles.REHEARSAL["02_uiface"]["train_steps"] < full.train_steps
     assert profiles.resolve("02_uiface", "gpu", rehearse=True, train_steps=7).train_steps == 7

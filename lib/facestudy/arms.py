@@ -79,8 +79,35 @@ ARMS: dict[tuple[str, str], Callable[[Any, int], Arm]] = {
 }
 
 
+def _uiface_generator(cfg: Any, seed: int = 0, device: str = "cpu", progress: bool = True) -> str:
+    """Chapter 2's cold cost: its face autoencoder and ID-conditioned latent UNet (not a train.fit arm)."""
+    from .runtime import resolve_device
+    from .uiface import pipeline
+
+    t = pipeline.prepare_generator(cfg, seed=seed, device=str(resolve_device(device)), progress=progress)
+    parts = [f"generator {t.path} ({t.hist.steps} steps)"]
+    if t.ae_path is not None:
+        parts.insert(0, f"autoencoder {t.ae_path} ({t.ae_hist.steps} steps)")
+    return "; ".join(parts) + f"; trained {t.cold_seconds:.0f} s in this call"
+
+
+#: (chapter id, arm name) -> stage(cfg, seed, device, progress) -> summary: models trained by their own loop
+STAGES: dict[tuple[str, str], Callable[..., str]] = {
+    ("02_uiface", "generator"): _uiface_generator,
+}
+
+
 def names() -> list[str]:
-    return [f"{c} {a}" for c, a in ARMS]
+    return [f"{c} {a}" for c, a in [*ARMS, *STAGES]]
+
+
+def stage(chapter: str, arm: str) -> tuple[str, Callable[..., str]] | None:
+    """The (chapter id, stage) when ``chapter`` (an id or unique prefix) + ``arm`` name a training stage."""
+    ids = sorted({c for c, _ in STAGES})
+    hits = [c for c in ids if c == chapter] or [c for c in ids if c.startswith(chapter)]
+    if len(hits) == 1 and (hits[0], arm) in STAGES:
+        return hits[0], STAGES[(hits[0], arm)]
+    return None
 
 
 def build(chapter: str, arm: str, profile: str = "default", seed: int = 0, **overrides: Any) -> Arm:

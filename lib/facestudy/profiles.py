@@ -171,58 +171,69 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
     },
     "02_uiface": {
         "base": {
-            # training data: CelebA-id299 (aligned real faces) or the synthetic world
-            "train_limit": 3000,  # images read from CelebA-id299 (0 = all 6,263)
-            "train_images": 2000,  # training faces kept
-            "train_per_identity": 8,  # at most this many faces per identity
-            # generator (pixel space; the paper's VQ-f4 latent needs weights we lack)
-            "image_size": 32, "embed_dim": 128, "context_dim": 256, "n_tokens": 8, "token_dim": 64,
-            "unet_channels": [16, 32, 64, 64], "attn_levels": [False, False, True, True], "head_dim": 16,
-            "norm_groups": 8,
+            # training data: the real aligned faces present (CelebA-id299 + CelebA-10k, 16,256 faces of 5,688
+            # identities), else the synthetic world; gate_identities CelebA-id299 identities are held out
+            "train_sets": ["celeba_id299", "celeba10k"],
+            "train_limit": 0,  # images read per set (0 = all)
+            "train_images": 0,  # training faces kept in all (0 = all)
+            "train_per_identity": 0,  # at most this many faces per identity (0 = all)
+            "gate_identities": 40,  # held-out real identities the competence gate conditions on
+            # first stage: the project's own f4 autoencoder (the paper's VQ-f4 weights are not redistributed):
+            # 32 px -> latent_channels x 8 x 8; latent_channels = 0 would train the UNet on pixels
+            "image_size": 32, "latent_channels": 8, "ae_channels": [32, 64], "ae_norm_groups": 8,
+            "ae_steps": 1200, "ae_batch": 64, "ae_lr": 2e-3,
+            "ae_latent_noise": 0.25,  # decoder trained on z + 0.25 std(z) noise: robust to the denoiser's errors
+            # second stage: the ID-conditioned UNet in that latent (diffusers UNet2DConditionModel)
+            "embed_dim": 128, "context_dim": 256, "n_tokens": 8, "token_dim": 64,
+            "unet_channels": [32, 64, 64], "attn_levels": [False, True, True], "head_dim": 32,
+            "norm_groups": 16,
             "cpd": 0.25,  # context partial dropout
             "p_empty": 0.2,  # learnable empty context probability
-            # x0 ("sample") prediction + one cosine decay: on a CPU budget an eps-model is still coloured noise
-            # after a few hundred steps, an x0-model already gives blurry faces (paper: eps, restarts)
-            "prediction": "sample", "lr_schedule": "cosine", "lr_warmup": 30,
-            "train_steps": 300, "train_batch": 32, "lr": 2e-3,  # paper: 900k steps, batch 512, lr 1e-4
+            # v-prediction + one cosine decay on a CPU budget (paper: eps, restarts)
+            "prediction": "v_prediction", "lr_schedule": "cosine", "lr_warmup": 100,
+            "train_steps": 2000, "train_batch": 64, "lr": 1e-3,  # paper: 900k steps, batch 512, lr 1e-4
             "use_ema": True,
             # sampling (DDIM, eta = 0); 25 steps on CPU to fit the budget (paper and gpu: 50)
-            "ddim_steps": 25, "guidance": 1.0, "t0": 500, "th": 0.005, "sample_batch": 64,
-            "n_candidates": 32,  # empty-context samples screened for synthetic identities
+            "ddim_steps": 25, "guidance": 1.0, "t0": 500, "sample_batch": 64,
+            # adaptive threshold on d_t: < 0 = calibrate on our network (the th_quantile quantile of a pilot's
+            # stage-1 d_t); the paper's 0.005 is a value on its own network (the paper profile keeps it)
+            "th": -1.0, "th_quantile": 0.2,
+            "n_candidates": 200,  # empty-context samples screened for synthetic identities
             "filter_threshold": 0.3,  # keep a candidate if its cosine to all kept ones is below this
-            "n_identities": 8, "n_per_identity": 4,  # synthetic set per sampling mode
+            "n_identities": 32, "n_per_identity": 6,  # synthetic set per sampling mode (the gate uses the same k)
             "intervals": [[500, 1000], [0, 500], [0, 1000]],  # Fig. 2: identity only for lo <= t < hi
-            "interval_identities": 4, "interval_per_identity": 3,
+            "interval_identities": 20, "interval_per_identity": 6,
             # metrics
             "diversity_layers": ["conv1", "conv2_dw"], "recall_k": 10, "n_real_recall": 300,
-            # downstream FR (same backbone for every set), evaluated on real LFW pairs
-            "fr_size": 32, "fr_stages": 3, "fr_width": 16, "fr_dim": 64, "fr_head": "arcface",
-            "fr_epochs": 15, "fr_batch": 16, "fr_lr": 0.05, "lfw_per_fold": 30,
-            "fr_seeds": [0],  # downstream FR training seeds per set (U4's unit of replication; >= 3 to test U4)
+            # downstream FR: the frozen real MobileFaceNet trunk + its tail re-initialised and trained (ArcFace)
+            # on each set, evaluated on real LFW pairs at the generator's resolution
+            "fr_epochs": 15, "fr_batch": 64, "fr_lr": 0.1, "lfw_per_fold": 50,
+            "fr_seeds": [0, 1, 2],  # U4's unit: a freshly sampled set + the tail trained on it (>= 3 to test U4)
             # claims: competence gate (genuine-vs-impostor AUC of generated faces under the real FR model, the
             # issue's target; real faces at 32 px give ~0.97) and U2's non-inferiority margin (FR-LPIPS units)
             "gate_auc": 0.9, "u2_delta": 0.01,
             # paper profile: user-supplied files (see the notebook)
             "generator_checkpoint": "", "autoencoder_checkpoint": "",
         },
-        "smoke": {"train_limit": 96, "train_images": 96, "train_per_identity": 4,
-                  "unet_channels": [8, 16, 16], "attn_levels": [False, True, True], "head_dim": 8,
+        "smoke": {"train_sets": ["celeba_id299"], "train_limit": 400, "train_images": 96, "train_per_identity": 4,
+                  "gate_identities": 3, "latent_channels": 4, "ae_channels": [8, 8], "ae_norm_groups": 4,
+                  "ae_steps": 4, "ae_batch": 8,
+                  "unet_channels": [8, 16], "attn_levels": [True, True], "head_dim": 8,
                   "norm_groups": 4, "n_tokens": 4, "token_dim": 16, "context_dim": 32, "image_size": 16,
                   "train_steps": 4, "train_batch": 8, "ddim_steps": 5, "n_candidates": 6, "n_identities": 2,
                   "n_per_identity": 3, "intervals": [[500, 1000], [0, 500]], "interval_identities": 2,
-                  "interval_per_identity": 2, "recall_k": 2, "n_real_recall": 20, "fr_size": 16, "lr_warmup": 1,
-                  "fr_stages": 2, "fr_width": 8, "fr_epochs": 1, "fr_batch": 4, "lfw_per_fold": 4},
+                  "interval_per_identity": 2, "recall_k": 2, "n_real_recall": 20, "lr_warmup": 1,
+                  "fr_epochs": 1, "fr_batch": 4, "lfw_per_fold": 4, "fr_seeds": [0, 1]},
         "default": {},
-        "gpu": {"train_limit": 0, "train_images": 6263, "train_per_identity": 30, "image_size": 64,
+        "gpu": {"image_size": 64, "ae_channels": [64, 128], "ae_norm_groups": 16, "ae_steps": 20000, "ae_batch": 128,
                 "unet_channels": [64, 128, 128, 256], "attn_levels": [False, True, True, True], "head_dim": 32,
                 "norm_groups": 32, "n_tokens": 32, "token_dim": 256, "train_steps": 30000, "train_batch": 64,
                 "lr": 2e-4, "lr_warmup": 500, "ddim_steps": 50, "n_candidates": 1000, "n_identities": 200,
                 "n_per_identity": 20,
                 "interval_identities": 50, "interval_per_identity": 10, "sample_batch": 500,
-                "fr_size": 64, "fr_stages": 4, "fr_width": 32, "fr_dim": 128, "fr_epochs": 30, "fr_batch": 128,
-                "fr_lr": 0.1, "lfw_per_fold": 600, "fr_seeds": [0, 1, 2]},
-        "paper": {"prediction": "epsilon", "lr_schedule": "restarts", "lr": 1e-4, "ddim_steps": 50,
-                  "train_limit": 0, "train_images": 6263, "image_size": 128, "n_tokens": 32, "token_dim": 256,
+                "fr_epochs": 30, "fr_batch": 128, "fr_lr": 0.1, "lfw_per_fold": 300, "fr_seeds": [0, 1, 2, 3, 4]},
+        "paper": {"prediction": "epsilon", "lr_schedule": "restarts", "lr": 1e-4, "ddim_steps": 50, "th": 0.005,
+                  "image_size": 128, "latent_channels": 3, "n_tokens": 32, "token_dim": 256,
                   "n_candidates": 20000, "n_identities": 10000, "n_per_identity": 50, "sample_batch": 50,
                   "generator_checkpoint": "uiface/uiface_unet.ckpt",
                   "autoencoder_checkpoint": "uiface/vq-f4.ckpt", "lfw_per_fold": 600},
@@ -445,6 +456,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
     "00b_models": {"pairs_per_fold": 8, "synthetic_identities": 10},
     "02_uiface": {
         "train_limit": 160, "train_images": 128, "train_per_identity": 4, "train_steps": 2, "train_batch": 4,
+        "gate_identities": 4, "ae_steps": 2, "ae_batch": 4,
         "lr_warmup": 1, "ddim_steps": 2, "sample_batch": 8, "fr_batch": 16, "n_candidates": 6, "n_identities": 2,
         "n_per_identity": 2,
         "intervals": [[500, 1000], [0, 500]], "interval_identities": 2, "interval_per_identity": 2,

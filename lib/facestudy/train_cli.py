@@ -56,6 +56,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     (ch, typed, over), = runner.plan(args.chapter, args.profile, {"seed": args.seed, "device": args.device},
                                      _pairs(args.set, "--set"))
     seed, device = int(typed["seed"]), str(typed["device"])
+    found = arms.stage(ch.id, args.arm)
+    if found is not None:  # a model with its own training loop (chapter 2's generator): one process
+        if train.distributed().world > 1:
+            raise ParameterError(f"facestudy train {ch.id} {args.arm} runs in one process; start it without "
+                                 f"torchrun")
+        cfg = profiles.resolve(ch.id, args.profile, **over)
+        t0 = time.perf_counter()
+        summary = found[1](cfg, seed=seed, device=device, progress=not args.quiet)
+        print(f"facestudy train {ch.id} {args.arm} --profile {args.profile} (seed {seed}) done in "
+              f"{time.perf_counter() - t0:.0f} s: {summary}. `facestudy run {ch.id} --profile {args.profile}` "
+              f"with the same settings and seed loads it instead of training", flush=True)
+        return 0
     dist = train.distributed()
     import torch.distributed as tdist
 

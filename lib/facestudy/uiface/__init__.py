@@ -1,7 +1,8 @@
 """facestudy.uiface — chapter 2, *UIFace* (Lin et al., ICLR 2025): identity-conditioned diffusion for
 synthetic face-recognition data, two-stage sampling, adaptive stage partition and attention injection.
 
-Modules: :mod:`.model` (generator + identity context), :mod:`.train` (the one diffusion trainer),
+Modules: :mod:`.autoencoder` (the project's f4 face autoencoder, the latent space), :mod:`.model` (generator +
+identity context), :mod:`.train` (the one diffusion trainer),
 :mod:`.attention` (injection processors, cross-attention maps), :mod:`.sampling` (DDPM schedule, DDIM
 modes), :mod:`.metrics` (identity / diversity / recall, context filter), :mod:`.pipeline` (the chapter's
 data, FR-embedding and downstream-training glue).
@@ -14,6 +15,7 @@ from .attention import (
                         map_change,
                         match_statistics,
 )
+from .autoencoder import AutoencoderConfig, AutoencoderHistory, FaceAutoencoder, train_autoencoder
 from .metrics import (
                         farthest_point,
                         feature_diversity,
@@ -34,5 +36,6 @@ __all__ = [
     "improved_recall", "intra_class_similarity", "lpips_like_distance", "pixel_diversity", "ContextEncoder",
     "GeneratorConfig", "UIFaceGenerator", "images_to_model", "model_to_images", "resize_uint8", "MODES",
     "DDPMSchedule", "SampleResult", "SamplerConfig", "adaptive_switch_index", "sample", "EMA",
-    "DiffusionHistory", "train_diffusion",
+    "DiffusionHistory", "train_diffusion", "AutoencoderConfig", "AutoencoderHistory", "FaceAutoencoder",
+    "train_autoencoder",
 ]

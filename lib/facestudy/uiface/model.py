@@ -1,8 +1,10 @@
-"""The UIFace generator: an identity-conditioned pixel-space UNet (chapter 2, "UIFace").
+"""The UIFace generator: an identity-conditioned UNet, in an autoencoder's latent or in pixels (chapter 2).
 
 The paper (METHODS.md §2.2) runs a 216 M-parameter ConditionalUNet in the 3×32×32 latent of a VQ-f4
-autoencoder. We have no pretrained autoencoder, so the book's generator works in *pixel* space at 32×32
-(``default``) or 64×64 (``gpu``) with a small diffusers :class:`~diffusers.UNet2DConditionModel`. Its
+autoencoder. Its weights are not redistributed, so the book trains its own f4 autoencoder
+(:mod:`.autoencoder`) and a small diffusers :class:`~diffusers.UNet2DConditionModel` in that latent
+(``latent_channels > 0``: a 32-px face is an 8×8 latent); ``latent_channels = 0`` keeps the first build's
+pixel-space UNet (the smoke profile's tiny model, and a comparison). Its
 transformer blocks have the same three sub-layers as the paper's ``SpatialEmbeddingCrossAttentionBlock``
 (self-attention, cross-attention to the identity tokens, feed-forward), which is what the sampling tricks
 of §2.4 act on.
@@ -44,6 +46,7 @@ class GeneratorConfig:
     cpd: float = 0.25  # context partial dropout (IDiff-Face / UIFace)
     p_empty: float = 0.2  # probability of the learnable empty context during training
     prediction: str = "epsilon"  # UNet target: "epsilon" (the paper) | "v_prediction" | "sample" (x0)
+    latent_channels: int = 0  # 0: pixel space; C > 0: the UNet runs in a C×(S/4)×(S/4) autoencoder latent
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,15 +58,29 @@ class GeneratorConfig:
         if not any(self.attn_levels):
             raise ParameterError("uiface generator: attn_levels needs at least one True level (the identity "
                                  "enters only through cross-attention)")
-        if self.image_size % (2 ** (len(self.channels) - 1)):
-            raise ParameterError(f"uiface generator: image_size {self.image_size} must be divisible by "
-                                 f"2**(levels-1) = {2 ** (len(self.channels) - 1)}")
+        if self.latent_channels < 0 or (self.latent_channels and self.image_size % 4):
+            raise ParameterError(f"uiface generator: latent_channels must be >= 0 (0 = pixel space) and a latent "
+                                 f"generator needs an image_size divisible by 4; got {self.latent_channels}, "
+                                 f"{self.image_size}")
+        if self.sample_size % (2 ** (len(self.channels) - 1)):
+            raise ParameterError(f"uiface generator: the UNet's input side {self.sample_size} (image_size "
+                                 f"{self.image_size}{' / 4' if self.latent_channels else ''}) must be divisible "
+                                 f"by 2**(levels-1) = {2 ** (len(self.channels) - 1)}")
         if self.prediction not in PREDICTIONS:
             raise ParameterError(f"uiface generator: prediction {self.prediction!r} is unknown; use one of "
                                  f"{', '.join(PREDICTIONS)}")
         if not 0.0 <= self.cpd < 1.0 or not 0.0 <= self.p_empty <= 1.0:
             raise ParameterError(f"uiface generator: cpd must lie in [0, 1) and p_empty in [0, 1]; got "
                                  f"cpd={self.cpd}, p_empty={self.p_empty}")
+
+    @property
+    def sample_size(self) -> int:
+        """Side of what the UNet denoises: the image, or the f4 latent of a latent generator."""
+        return self.image_size // 4 if self.latent_channels else self.image_size
+
+    @property
+    def sample_channels(self) -> int:
+        return self.latent_channels or 3
 
 
 class ContextEncoder(nn.Module):
@@ -128,12 +145,37 @@ class UIFaceGenerator(nn.Module):
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attn_levels)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attn_levels))
         self.unet = UNet2DConditionModel(
-            sample_size=cfg.image_size, in_channels=3, out_channels=3, block_out_channels=cfg.channels,
+            sample_size=cfg.sample_size, in_channels=cfg.sample_channels, out_channels=cfg.sample_channels,
+            block_out_channels=cfg.channels,
             down_block_types=down, up_block_types=up, layers_per_block=cfg.layers_per_block,
             cross_attention_dim=cfg.token_dim, attention_head_dim=cfg.head_dim, norm_num_groups=cfg.norm_groups,
             mid_block_type="UNetMidBlock2DCrossAttn" if cfg.attn_levels[-1] else None,
         )
         self.n_levels = n
+        self.autoencoder = None  # a latent generator's frozen FaceAutoencoder, attached after training
+
+    def attach_autoencoder(self, ae) -> UIFaceGenerator:
+        """Give a latent generator its (frozen) decoder, so that sampling returns images (chapter 2)."""
+        if not self.config.latent_channels:
+            raise ParameterError("attach_autoencoder: this generator works in pixel space (latent_channels = 0)")
+        if (ae.config.latent_channels != self.config.latent_channels
+                or ae.config.image_size != self.config.image_size):
+            raise ParameterError(f"attach_autoencoder: the autoencoder makes {ae.config.latent_channels}-channel "
+                                 f"latents of {ae.config.image_size}-px images; the generator expects "
+                                 f"{self.config.latent_channels} channels at {self.config.image_size} px")
+        for p in ae.parameters():
+            p.requires_grad_(False)
+        self.autoencoder = ae.eval()
+        return self
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """What the sampler ends with -> images in [-1, 1] (decoded by the autoencoder for a latent model)."""
+        if not self.config.latent_channels:
+            return x
+        if self.autoencoder is None:
+            raise ParameterError("a latent UIFace generator needs its autoencoder attached (attach_autoencoder) "
+                                 "before sampling images")
+        return self.autoencoder.decode(x).clamp(-1, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The UNet output at (x_t, t, tokens): ε̂, v̂ or x̂₀ depending on ``config.prediction``."""

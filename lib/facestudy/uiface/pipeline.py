@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from . import metrics as M
+from .autoencoder import AutoencoderConfig, AutoencoderHistory, FaceAutoencoder, train_autoencoder
 from .model import GeneratorConfig, UIFaceGenerator, images_to_model
 from .sampling import SamplerConfig, SampleResult, sample
 from .train import train_diffusion
@@ -36,12 +37,18 @@ ABLATION: dict[str, dict[str, Any]] = {
 
 @dataclass
 class TrainingData:
-    """Aligned training faces, their identity labels and real-FR identity embeddings (chapter 2)."""
+    """Aligned training faces, their identity labels and real-FR identity embeddings (chapter 2).
+
+    ``heldout`` holds the faces of ``cfg.gate_identities`` real identities that neither the autoencoder nor
+    the generator sees: the competence gate conditions on them to test identities the model never met.
+    """
 
     faceset: Any  # facestudy.data.FaceSet at 112 px
     images: torch.Tensor  # float NCHW in [-1, 1] at the generator's size
     identity: torch.Tensor  # (N, D) L2-normalised embeddings of the real FR model
-    source: str  # "celeba_id299" | "faceworld"
+    source: str  # "celeba_id299+celeba10k" | "celeba_id299" | "faceworld" ...
+    heldout: Any = None  # FaceSet of the held-out identities (112 px), or None
+    heldout_identity: torch.Tensor | None = None  # their embeddings
 
 
 def face_recognizer(run=None):
@@ -59,29 +66,54 @@ def face_recognizer(run=None):
 
 
 def training_data(cfg, fr, run=None, seed: int = 0) -> TrainingData:
-    """CelebA-id299 (aligned real faces) when available, else the synthetic world; contexts cached."""
+    """The real aligned faces of ``cfg.train_sets`` that are present (CelebA-id299, CelebA-10k), else the
+    synthetic world; ``cfg.gate_identities`` CelebA-id299 identities are held out; contexts are cached.
+
+    Per set at most ``cfg.train_limit`` images are read (0 = all) and at most ``cfg.train_per_identity`` kept
+    per identity (0 = all); then at most ``cfg.train_images`` in all (0 = all), drawn with ``seed``.
+    """
     from .. import data, faceworld
     from .. import eval as fseval
 
-    if data.available("celeba_id299"):
-        fs = data.load("celeba_id299", limit=cfg.train_limit or None)
-        rng = np.random.default_rng(seed)
-        keep = []
-        for lab in np.unique(fs.labels):
-            idx = np.flatnonzero(fs.labels == lab)
-            keep.extend(rng.permutation(idx)[: cfg.train_per_identity])
-        keep = np.sort(np.asarray(keep))[: cfg.train_images]
-        fs = fs.subset(keep).relabel()
-        source = "celeba_id299"
+    rng = np.random.default_rng(seed)
+    parts, names, heldout = [], [], None
+    for name in cfg.train_sets:
+        if not data.available(name):
+            continue
+        fs = data.load(name, limit=cfg.train_limit or None)
+        if name == "celeba_id299" and cfg.gate_identities:
+            labs, counts = np.unique(fs.labels, return_counts=True)
+            eligible = labs[counts >= 2]
+            out = rng.permutation(eligible)[: cfg.gate_identities]
+            is_out = np.isin(fs.labels, out)
+            heldout = fs.subset(np.flatnonzero(is_out)).relabel()
+            fs = fs.subset(np.flatnonzero(~is_out)).relabel()
+        if cfg.train_per_identity:
+            keep = []
+            for lab in np.unique(fs.labels):
+                idx = np.flatnonzero(fs.labels == lab)
+                keep.extend(rng.permutation(idx)[: cfg.train_per_identity])
+            fs = fs.subset(np.sort(np.asarray(keep, dtype=np.int64))).relabel()
+        parts.append(fs)
+        names.append(name)
+    if parts:
+        fs = parts[0] if len(parts) == 1 else data.concat(parts, name="+".join(names))
+        if cfg.train_images and len(fs) > cfg.train_images:
+            fs = fs.subset(np.sort(rng.permutation(len(fs))[: cfg.train_images])).relabel()
+        source = "+".join(names)
     else:
         if run is not None:
-            run.note("CelebA-id299 is absent: the generator trains on the synthetic world (faceworld)")
-        n_ids = max(2, cfg.train_images // cfg.train_per_identity)
-        fs = faceworld.make_faceset(n_ids, cfg.train_per_identity, seed=seed, size=112)
+            run.note(f"none of {', '.join(cfg.train_sets)} is present: the generator trains on the synthetic "
+                     f"world (faceworld)")
+        per = cfg.train_per_identity or 8
+        n_ids = max(2, (cfg.train_images or 2000) // per)
+        fs = faceworld.make_faceset(n_ids, per, seed=seed, size=112)
         source = "faceworld"
     emb = fseval.embed_cached(fr, fs)
+    h_emb = fseval.embed_cached(fr, heldout) if heldout is not None and len(heldout) else None
     return TrainingData(faceset=fs, images=images_to_model(fs.images, cfg.image_size), identity=emb.float(),
-                        source=source)
+                        source=source, heldout=heldout if h_emb is not None else None,
+                        heldout_identity=None if h_emb is None else h_emb.float())
 
 
 def require_paper_files(cfg) -> list[Path]:
@@ -108,30 +140,119 @@ def generator_config(cfg) -> GeneratorConfig:
     return GeneratorConfig(image_size=cfg.image_size, embed_dim=cfg.embed_dim, context_dim=cfg.context_dim,
                            n_tokens=cfg.n_tokens, token_dim=cfg.token_dim, channels=tuple(cfg.unet_channels),
                            attn_levels=tuple(cfg.attn_levels), head_dim=cfg.head_dim, norm_groups=cfg.norm_groups,
-                           cpd=cfg.cpd, p_empty=cfg.p_empty, prediction=cfg.prediction)
+                           cpd=cfg.cpd, p_empty=cfg.p_empty, prediction=cfg.prediction,
+                           latent_channels=cfg.latent_channels)
 
 
-def train_generator(cfg, td: TrainingData, device, seed: int = 0, checkpoint_dir: str | Path | None = None):
-    """Build and train (or resume / reload) the generator; returns (sampling model, history, checkpoint path)."""
+@dataclass
+class TrainedGenerator:
+    """What :func:`train_generator` returns: the sampling model (EMA weights, decoder attached for a latent
+    generator), the diffusion history, the checkpoint path, and the autoencoder's model / history / path."""
+
+    model: UIFaceGenerator
+    hist: Any  # DiffusionHistory
+    path: Path
+    ae: FaceAutoencoder | None = None
+    ae_hist: AutoencoderHistory | None = None
+    ae_path: Path | None = None
+
+    @property
+    def cold_seconds(self) -> float:
+        """Training seconds spent in *this* call (0 when both stages were loaded from the cache)."""
+        return float(self.hist.seconds) + float(self.ae_hist.seconds if self.ae_hist is not None else 0.0)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _bar(desc: str, total: int, enabled: bool):
+    """A tqdm progress callback ``(step, steps, loss)`` or None (the prepare stage shows training)."""
+    if not enabled or total <= 0:
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0)
+
+    def update(step: int, steps: int, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.update(step - bar.n)
+
+    return update, bar
+
+
+def train_autoencoder_cached(cfg, td: TrainingData, seed: int = 0, folder: str | Path | None = None,
+                             progress: bool = False) -> tuple[FaceAutoencoder, AutoencoderHistory, Path]:
+    """The chapter's f4 face autoencoder, trained once on the training faces and cached (resumable)."""
+    from .. import data
+    from .. import eval as fseval
+
+    acfg = AutoencoderConfig(image_size=cfg.image_size, latent_channels=cfg.latent_channels,
+                             channels=tuple(cfg.ae_channels), norm_groups=cfg.ae_norm_groups)
+    key = {"a": acfg.__dict__, "steps": cfg.ae_steps, "bs": cfg.ae_batch, "lr": cfg.ae_lr, "seed": seed,
+           "noise": cfg.ae_latent_noise, "data": fseval.faceset_hash(td.faceset)}
+    path = (Path(folder) if folder else data.cache_dir() / "uiface") / f"autoencoder-{_digest(key)}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ae = FaceAutoencoder(acfg)
+    update, bar = _bar("uiface autoencoder", cfg.ae_steps, progress)
+    try:
+        hist = train_autoencoder(ae, td.images, steps=cfg.ae_steps, batch_size=cfg.ae_batch, lr=cfg.ae_lr,
+                                 latent_noise=cfg.ae_latent_noise, seed=seed, checkpoint=path,
+                                 checkpoint_every=max(50, cfg.ae_steps // 10),
+                                 progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ae, hist, path
+
+
+def train_generator(cfg, td: TrainingData, device, seed: int = 0, checkpoint_dir: str | Path | None = None,
+                    progress: bool = False) -> TrainedGenerator:
+    """Build and train (or resume / reload) the autoencoder (latent generators) and the generator.
+
+    Both are cached under keys of their recipe and training faces; a latent generator is trained on the
+    autoencoder's scaled latents and returned with the decoder attached, so :func:`sample` returns images.
+    """
     from .. import data
     from .. import eval as fseval
 
     gcfg = generator_config(cfg)
-    key = json.dumps({"g": gcfg.__dict__, "steps": cfg.train_steps, "bs": cfg.train_batch, "lr": cfg.lr,
-                      "lr_schedule": cfg.lr_schedule, "warmup": cfg.lr_warmup, "seed": seed,
-                      "data": fseval.faceset_hash(td.faceset), "size": cfg.image_size},
-                     sort_keys=True, default=str)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     folder = Path(checkpoint_dir) if checkpoint_dir else data.cache_dir() / "uiface"
-    path = folder / f"generator-{digest}.pt"
-    torch.manual_seed(seed)
-    gen = UIFaceGenerator(gcfg)
-    ema, hist = train_diffusion(gen, td.images, td.identity, steps=cfg.train_steps, batch_size=cfg.train_batch,
-                                lr=cfg.lr, device=device, seed=seed, checkpoint=path,
-                                lr_schedule=cfg.lr_schedule, warmup=cfg.lr_warmup,
-                                checkpoint_every=max(50, cfg.train_steps // 4))
-    model = ema.model if cfg.use_ema else gen
-    return model.eval(), hist, path
+    ae = ae_hist = ae_path = None
+    inputs = td.images
+    if gcfg.latent_channels:
+        ae, ae_hist, ae_path = train_autoencoder_cached(cfg, td, seed=seed, folder=folder, progress=progress)
+        inputs = ae.encode_all(td.images)
+    key = {"g": gcfg.__dict__, "steps": cfg.train_steps, "bs": cfg.train_batch, "lr": cfg.lr,
+           "lr_schedule": cfg.lr_schedule, "warmup": cfg.lr_warmup, "seed": seed,
+           "data": fseval.faceset_hash(td.faceset), "size": cfg.image_size,
+           "ae": ae_path.name if ae_path is not None else None}
+    path = folder / f"generator-{_digest(key)}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = UIFaceGenerator(gcfg)
+    update, bar = _bar("uiface generator", cfg.train_steps, progress)
+    try:
+        ema, hist = train_diffusion(gen, inputs, td.identity, steps=cfg.train_steps, batch_size=cfg.train_batch,
+                                    lr=cfg.lr, device=device, seed=seed, checkpoint=path,
+                                    lr_schedule=cfg.lr_schedule, warmup=cfg.lr_warmup,
+                                    checkpoint_every=max(50, cfg.train_steps // 10), progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    model = (ema.model if cfg.use_ema else gen).eval()
+    if ae is not None:
+        model.attach_autoencoder(ae.to(device))
+    return TrainedGenerator(model=model, hist=hist, path=path, ae=ae, ae_hist=ae_hist, ae_path=ae_path)
+
+
+def prepare_generator(cfg, seed: int = 0, device: str = "cpu", progress: bool = True) -> TrainedGenerator:
+    """``facestudy train 02_uiface generator``: the chapter's cold cost (training faces, their contexts, the
+    autoencoder, the generator) as an explicit step with progress bars; the chapter then loads the cache."""
+    fr, _ = face_recognizer()
+    td = training_data(cfg, fr, seed=seed)
+    return train_generator(cfg, td, device, seed=seed, progress=progress)
 
 
 def sampler(cfg, **overrides: Any) -> SamplerConfig:
@@ -139,6 +260,28 @@ def sampler(cfg, **overrides: Any) -> SamplerConfig:
     kw = {"steps": cfg.ddim_steps, "guidance": cfg.guidance, "t0": cfg.t0, "th": cfg.th}
     kw.update(overrides)
     return SamplerConfig(**kw)
+
+
+def calibrate_threshold(gen, cfg, device, seed: int = 0, n: int = 64) -> dict[str, Any]:
+    """The adaptive rule's threshold th calibrated on *our* network's map change d_t (chapter 2, §2.4).
+
+    The paper's th = 0.005 is a value on its 216 M-parameter UNet's d_t; ours lives on another scale. A pilot
+    of ``n`` samples runs stage 1 only (empty context at every step, maps recorded) and th is the
+    ``cfg.th_quantile`` quantile of their d_t over the stage-1 steps (t >= t0, the first recorded change
+    excluded). Then every sample crosses th at least once on its own curve, and the rule switches it where its
+    cross-attention map is quietest — relative to this network, as the paper's rule is relative to its own.
+    Returns ``th``, the pilot's ``d`` (n, steps) and ``timesteps``.
+    """
+    res = sample(gen, torch.zeros(n, cfg.embed_dim), sampler(cfg, mode="two_stage", t0=-1, record_maps=True),
+                 seed=seed + 5, batch_size=cfg.sample_batch, device=device)
+    ts = np.asarray(res.timesteps)
+    first = 2 if (ts[2:] >= cfg.t0).any() else 1  # d at index 0 is undefined; index 1 is the tiny first change
+    vals = res.d[:, (ts >= cfg.t0) & (np.arange(len(ts)) >= first)]
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        raise ValueError(f"calibrate_threshold: no stage-1 map change was recorded ({cfg.ddim_steps} DDIM steps, "
+                         f"t0 = {cfg.t0}); use more ddim_steps or set th >= 0")
+    return {"th": float(np.quantile(vals, cfg.th_quantile)), "d": res.d, "timesteps": res.timesteps}
 
 
 def synthetic_identities(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
@@ -191,19 +334,6 @@ def evaluate_set(fs, fr, real_emb: torch.Tensor, cfg, res: SampleResult | None =
     return out
 
 
-def train_fr(fs, cfg, device, seed: int = 0):
-    """Downstream: the same small FR backbone trained on one face set at ``cfg.fr_size`` px (chapter 2)."""
-    from .. import losses, models, train
-
-    torch.manual_seed(seed)
-    model = models.create("smallcnn", input_size=cfg.fr_size, stages=cfg.fr_stages, width=cfg.fr_width,
-                          embedding_dim=cfg.fr_dim)
-    head = losses.make_head(cfg.fr_head, cfg.fr_dim, int(fs.labels.max()) + 1)
-    hist = train.fit(model, head, fs, epochs=cfg.fr_epochs, batch_size=min(cfg.fr_batch, len(fs)), lr=cfg.fr_lr,
-                     device=device, seed=seed, progress=False, warmup=0)
-    return model.eval(), hist
-
-
 def real_fr_set(td: TrainingData, n_identities: int, n_per_identity: int, size: int, seed: int = 0):
     """The "trained on real faces" row: real training faces with the synthetic sets' shape, at ``size`` px."""
     from ..data import FaceSet
@@ -217,3 +347,119 @@ def real_fr_set(td: TrainingData, n_identities: int, n_per_identity: int, size: 
     sub = fs.subset(idx).relabel()
     return FaceSet(images=resize_uint8(sub.images, size).numpy(), labels=sub.labels, meta=sub.meta,
                    name=f"{fs.name}-real{size}", source="real")
+
+
+def frechet_distance(a, b) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of features (FID's formula, here on FR
+    embeddings: an "FID in face-recognition feature space"; chapter 2's competence gate)."""
+    from scipy import linalg
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"frechet_distance needs two (N >= 2, D) arrays of the same D; got {a.shape}, {b.shape}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(ca @ cb)
+    if not np.isfinite(covmean).all():  # near-singular product: regularise as the reference FID code does
+        eps = 1e-6 * np.eye(len(ca))
+        covmean = linalg.sqrtm((ca + eps) @ (cb + eps))
+    covmean = np.real(covmean)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
+
+
+def verification_auc(emb, labels) -> float:
+    """AUC of same-identity vs different-identity cosine over every pair of ``emb`` (N, D)."""
+    from sklearn.metrics import roc_auc_score
+
+    e = torch.as_tensor(emb).float()
+    lab = np.asarray(labels)
+    s = (e @ e.T).numpy()
+    iu = np.triu_indices(len(lab), 1)
+    same = (lab[:, None] == lab[None])[iu]
+    if same.all() or not same.any():
+        return float("nan")
+    return float(roc_auc_score(same, s[iu]))
+
+
+def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> dict:
+    """Does the generator put its conditioning identity into the faces it draws? (chapter 2, before any claim)
+
+    Conditions on one real face of each held-out identity (never seen in training), draws
+    ``cfg.n_per_identity`` samples per context with the baseline sampler, and measures under the real FR model
+    at the generator's resolution: the genuine-vs-impostor AUC among generated faces (``auc``; real faces of
+    the same identities at this resolution: ``real_auc``), the cosine of each sample to its own context against
+    the mean cosine to the other contexts (``own_cos``, ``other_cos``), how often the own context is the nearest
+    one (``rank1``; chance = 1 / identities), and the Fréchet distance in FR-embedding space to real faces
+    (``fd``; two disjoint real sets at this resolution: ``fd_real``). Returns the numbers and the samples.
+    """
+    from ..data import FaceSet
+    from .model import resize_uint8
+
+    if td.heldout is None or td.heldout_identity is None or td.heldout.n_identities < 2:
+        raise DataError("the competence gate needs held-out real identities (gate_identities >= 2 and "
+                        "CelebA-id299 present)")
+    ho = td.heldout
+    first = np.array([np.flatnonzero(ho.labels == k)[0] for k in range(ho.n_identities)])
+    ctx = td.heldout_identity[first]
+    k = cfg.n_per_identity
+    res = sample(gen, ctx.repeat_interleave(k, 0), sampler(cfg, mode="baseline"), seed=seed + 11,
+                 batch_size=cfg.sample_batch, device=device)
+    labels = np.repeat(np.arange(len(ctx)), k)
+    emb = fr.embed(res.images.numpy())
+    cos = (emb @ ctx.T).numpy()
+    own = cos[np.arange(len(labels)), labels]
+    other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
+    real_small = resize_uint8(ho.images, cfg.image_size).numpy()
+    real_emb = fr.embed(real_small)
+    ref_idx = np.random.default_rng(seed).permutation(len(td.faceset))[: max(len(real_emb), len(emb))]
+    ref_emb = fr.embed(resize_uint8(td.faceset.images[ref_idx], cfg.image_size).numpy())
+    fs = FaceSet(images=res.images.numpy(), labels=labels,
+                 meta=pd.DataFrame({"identity": [f"heldout{j:04d}" for j in labels]}), name="gate",
+                 source="synthetic")
+    return {"auc": verification_auc(emb, labels), "real_auc": verification_auc(real_emb, ho.labels),
+            "own_cos": float(own.mean()), "other_cos": float(other.mean()),
+            "own_minus_other": own - other,
+            "rank1": float((cos.argmax(1) == labels).mean()), "chance": 1.0 / len(ctx),
+            "fd": frechet_distance(emb.numpy(), ref_emb.numpy()),
+            "fd_real": frechet_distance(real_emb.numpy(), ref_emb.numpy()),
+            "n_identities": len(ctx), "per_identity": k, "faces": fs, "real_faces": real_small,
+            "seconds": res.seconds}
+
+
+def lowres(fs, size: int, name: str | None = None):
+    """A FaceSet at ``size`` px (area-downsampled): real faces at the generator's resolution (chapter 2)."""
+    from ..data import FaceSet
+    from .model import resize_uint8
+
+    return FaceSet(images=resize_uint8(fs.images, size).numpy(), labels=fs.labels, meta=fs.meta,
+                   name=name or f"{fs.name}-{size}px", source=fs.source)
+
+
+def train_tail_fr(fs, fr, cfg, seed: int = 0):
+    """Downstream face recognition on a (synthetic or real) face set at CPU cost (chapter 2, U4).
+
+    The real MobileFaceNet's trunk stays frozen (its ``conv_sep`` map of every image is cached once); its tail
+    (global depthwise conv + linear + BatchNorm) is **re-initialised** and trained with ArcFace on the set's
+    identities (:func:`facestudy.geometry.heads.train_tail`), so two sets differ only in what the tail learns
+    from them. Returns the tail.
+    """
+    from .. import eval as fseval
+    from ..eval.trunk import trunk_features
+    from ..geometry.heads import train_tail
+
+    feats = trunk_features(fr, fs, "conv_sep")
+    tail, _ = train_tail(feats.features, fs.labels, "arcface", init=fr.tail("conv_sep"), reinit=True, seed=seed,
+                         epochs=cfg.fr_epochs, batch_size=min(cfg.fr_batch, len(fs)), lr=cfg.fr_lr,
+                         features_key=f"uiface-{fseval.faceset_hash(fs)}")
+    return tail
+
+
+def tail_verification(tail, fr, lfw_small, pairs):
+    """LFW verification of a downstream tail on the frozen trunk's cached features of ``lfw_small``."""
+    from .. import eval as fseval
+    from ..eval.trunk import trunk_features
+    from ..geometry.heads import embed_tail
+
+    feats = trunk_features(fr, lfw_small, "conv_sep")
+    return fseval.verification(embed_tail(tail, feats.features), pairs)

@@ -150,13 +150,16 @@ def sample(gen: UIFaceGenerator, identity: torch.Tensor, config: SamplerConfig |
     same x_T for the same row: grids of different modes compare like with like.
     """
     cfg = config or SamplerConfig()
+    if cfg.mode == "adaptive" and cfg.th < 0:
+        raise ParameterError(f"the adaptive sampler needs a threshold th >= 0 (got {cfg.th}); calibrate it first "
+                             f"(uiface.pipeline.calibrate_threshold) or pass the paper's 0.005")
     sched = schedule or DDPMSchedule()
     device = torch.device(device)
     gen = gen.to(device).eval()
     n = identity.shape[0]
-    size = gen.config.image_size
+    size = gen.config.sample_size
     g = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn(n, 3, size, size, generator=g)
+    noise = torch.randn(n, gen.config.sample_channels, size, size, generator=g)
     ts = sched.ddim_timesteps(cfg.steps)
     images, t0s, ds, maps_keep = [], [], [], []
     evals = 0
@@ -166,7 +169,7 @@ def sample(gen: UIFaceGenerator, identity: torch.Tensor, config: SamplerConfig |
             hi = min(n, lo + batch_size)
             out = _sample_batch(gen, identity[lo:hi].to(device), noise[lo:hi].to(device), cfg, sched, ts, ctrl,
                                 keep=max(0, min(keep_maps - lo, hi - lo)))
-            images.append(model_to_images(out["x"]))
+            images.append(model_to_images(gen.to_pixels(out["x"])))
             t0s.append(out["t0"])
             ds.append(out["d"])
             if out["maps"] is not None:
@@ -250,8 +253,9 @@ def _sample_batch(gen: UIFaceGenerator, ident: torch.Tensor, x: torch.Tensor, cf
         # --- DDIM update (η = 0); ``eps`` holds the (guided) raw model output until split into (x̂₀, ε̂)
         a_now, a_next = sched.alpha(t), sched.alpha(t - skip)
         x0, eps = sched.split(x, eps, a_now, gen.config.prediction)
-        if cfg.clip_x0:
-            x0 = x0.clamp(-1, 1)
+        if cfg.clip_x0:  # pixels live in [-1, 1]; unit-variance latents are clipped at ±4 (5e-5 of N(0, 1))
+            bound = 4.0 if gen.config.latent_channels else 1.0
+            x0 = x0.clamp(-bound, bound)
             eps = (x - math.sqrt(a_now) * x0) / math.sqrt(1 - a_now)
         x = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
     return {"x": x, "t0": t0, "d": d, "maps": maps, "evals": evals}

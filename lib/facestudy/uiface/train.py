@@ -53,12 +53,13 @@ class EMA:
 
 @dataclass
 class DiffusionHistory:
-    """Loss per step and timing of :func:`train_diffusion` (chapter 2)."""
+    """Loss per step and timing of a chapter 2 training loop (:func:`train_diffusion`, and the autoencoder's)."""
 
     loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0
     steps: int = 0
+    total_seconds: float = 0.0  # training seconds over every call that built this checkpoint (the cold cost)
 
 
 def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.Tensor, *, steps: int,
@@ -66,18 +67,23 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
                     restart_period: int = 10_000, flip: bool = True, checkpoint: str | Path | None = None,
                     checkpoint_every: int = 200, schedule: DDPMSchedule | None = None,
                     ema: EMA | None = None, lr_schedule: str = "restarts",
-                    warmup: int = 0) -> tuple[EMA, DiffusionHistory]:
-    """Train ``gen`` on ``images`` (float NCHW in [-1, 1]) conditioned on ``identity`` (N, embed_dim).
+                    warmup: int = 0, progress=None) -> tuple[EMA, DiffusionHistory]:
+    """Train ``gen`` on ``images`` (float NCHW in [-1, 1], or a latent generator's scaled autoencoder latents)
+    conditioned on ``identity`` (N, embed_dim).
 
     Adam; ``lr_schedule="restarts"``: CosineAnnealingWarmRestarts(T₀ = ``restart_period``) stepped every
     iteration, as in the paper; ``"cosine"``: one cosine decay from ``lr`` to 0 over ``steps`` (a short CPU
-    run). Either way the first ``warmup`` steps ramp the rate up linearly.
+    run). Either way the first ``warmup`` steps ramp the rate up linearly. ``progress(step, steps, loss)`` is
+    called after every step when given (the prepare stage's progress bar).
     With ``checkpoint`` set, the state (model, EMA, optimiser, scheduler, step, losses) is saved every
     ``checkpoint_every`` steps and at the end; a later call with the same path resumes from it (and returns
     at once when it already reached ``steps``). Returns the EMA and the loss history.
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ParameterError(f"train_diffusion: images must be float (N, 3, H, W); got {tuple(images.shape)}")
+    c, side = gen.config.sample_channels, gen.config.sample_size
+    if images.ndim != 4 or tuple(images.shape[1:]) != (c, side, side):
+        what = "latents" if gen.config.latent_channels else "images"
+        raise ParameterError(f"train_diffusion: this generator denoises {what} of shape (N, {c}, {side}, {side}); "
+                             f"got {tuple(images.shape)}")
     if len(images) != len(identity):
         raise ParameterError(f"train_diffusion: {len(images)} images but {len(identity)} identity embeddings")
     if lr_schedule not in ("restarts", "cosine") or warmup < 0:
@@ -112,6 +118,9 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
         step = state["step"]
         hist.loss = list(state["loss"])
         hist.resumed_from = step
+        prior = float(state.get("seconds", 0.0))
+    else:
+        prior = 0.0
     images = images.to(device)
     identity = identity.to(device).float()
     n = len(images)
@@ -135,9 +144,12 @@ def train_diffusion(gen: UIFaceGenerator, images: torch.Tensor, identity: torch.
         ema.update(gen)
         hist.loss.append(float(loss.detach()))
         step += 1
+        if progress is not None:
+            progress(step, steps, hist.loss[-1])
         if path is not None and (step % checkpoint_every == 0 or step == steps):
-            _save(path, gen, ema, opt, lr_sched, step, hist.loss)
+            _save(path, gen, ema, opt, lr_sched, step, hist.loss, prior + time.perf_counter() - start)
     hist.seconds = time.perf_counter() - start
+    hist.total_seconds = prior + hist.seconds
     hist.steps = step
     gen.eval()
     return ema, hist
@@ -154,9 +166,10 @@ def _lr_factor(kind: str, steps: int, warmup: int, restart_period: int):
     return factor
 
 
-def _save(path: Path, gen: UIFaceGenerator, ema: EMA, opt, lr_sched, step: int, loss: list[float]) -> None:
+def _save(path: Path, gen: UIFaceGenerator, ema: EMA, opt, lr_sched, step: int, loss: list[float],
+          seconds: float = 0.0) -> None:
     from ..train import _atomic_save
 
     _atomic_save({"config": gen.config_dict(), "model": gen.state_dict(), "ema": ema.model.state_dict(),
                   "ema_step": ema.step, "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(), "step": step,
-                  "loss": [float(v) for v in loss]}, path)
+                  "loss": [float(v) for v in loss], "seconds": float(seconds)}, path)
