@@ -26,7 +26,7 @@ CASES = [(c, p) for c in ("00_setup", "00a_faceworld", "00b_models", "01_geometr
 #: rehearsal's caps that is ~0.6 CPU-s per image forward and ~1.8 per training image, over 10 CPU-min in all.
 #: 04_facemint paper (IResNet-100 templates, SAEs up to 16,384 latents; it may also write the fixtures) took
 #: 247 s in a cold-cache make test that then ran 15 min 24 s; 02_uiface gpu (the bigger UNet) took 149-249 s
-HEAVY = {("03_kprpe", "paper"): 700, ("04_facemint", "paper"): 247, ("02_uiface", "gpu"): 249}
+HEAVY = {("03_kprpe", "paper"): 700, ("04_facemint", "paper"): 247}  # chapter 2 gpu: 40 s since its latent UNet
 #: (chapter, profile) rehearsals that must stop with a DataError naming what is missing (the profile needs
 #: files the project cannot make fixtures for), with a phrase the error must contain
 EXPECTED_STOP = {("02_uiface", "paper"): "official UIFace checkpoints"}

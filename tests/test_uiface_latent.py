@@ -156,3 +156,16 @@ def test_threshold_is_calibrated_on_our_own_map_changes():
     cfg.th = cal["th"]
     res = sample(gen, torch.randn(4, 6), P.sampler(cfg, mode="adaptive"), seed=2)
     assert ((res.t0 >= cfg.t0) & (res.t0 <= 1000)).all()
+
+
+def test_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
+    """A glued np.float64 once broke the -W book build ('could not convert string to float: np.float64(...)')."""
+    import myst_nb
+
+    from facestudy import report
+
+    seen = {}
+    monkeypatch.setattr(report, "_in_kernel", lambda: True)
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: seen.update({name: value}))
+    assert report.glue("acc", np.float64(0.575)) == 0.575
+    assert type(seen["acc"]) is float and type(report.glue("n", np.int64(3))) is int

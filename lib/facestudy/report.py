@@ -221,7 +221,14 @@ def _in_kernel() -> bool:
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
-    """Glue ``value`` under ``name`` for the book (``{glue:text}`name``` in markdown). Returns value."""
+    """Glue ``value`` under ``name`` for the book (``{glue:text}`name``` in markdown). Returns value.
+
+    A numpy scalar is glued as the Python number it holds: its repr (``np.float64(0.5)``) is not a number the
+    book's ``{glue:text}`name:.3f``` format can read, which ``-W`` turns into a failed build."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
     if _in_kernel():
         from myst_nb import glue as _glue
 

@@ -135,7 +135,11 @@ class UIFaceGenerator(nn.Module):
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
-        from diffusers import UNet2DConditionModel
+        import warnings
+
+        with warnings.catch_warnings():  # diffusers imports tqdm.auto, which warns in a kernel without ipywidgets
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            from diffusers import UNet2DConditionModel
 
         cfg = config or GeneratorConfig()
         self.config = cfg

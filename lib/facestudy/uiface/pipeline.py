@@ -270,7 +270,8 @@ def calibrate_threshold(gen, cfg, device, seed: int = 0, n: int = 64) -> dict[st
     ``cfg.th_quantile`` quantile of their d_t over the stage-1 steps (t >= t0, the first recorded change
     excluded). Then every sample crosses th at least once on its own curve, and the rule switches it where its
     cross-attention map is quietest — relative to this network, as the paper's rule is relative to its own.
-    Returns ``th``, the pilot's ``d`` (n, steps) and ``timesteps``.
+    With so few DDIM steps that no stage-1 change is recorded, every recorded change is used (``every_step``).
+    Returns ``th``, the pilot's ``d`` (n, steps), ``timesteps`` and ``every_step``.
     """
     res = sample(gen, torch.zeros(n, cfg.embed_dim), sampler(cfg, mode="two_stage", t0=-1, record_maps=True),
                  seed=seed + 5, batch_size=cfg.sample_batch, device=device)
@@ -278,10 +279,14 @@ def calibrate_threshold(gen, cfg, device, seed: int = 0, n: int = 64) -> dict[st
     first = 2 if (ts[2:] >= cfg.t0).any() else 1  # d at index 0 is undefined; index 1 is the tiny first change
     vals = res.d[:, (ts >= cfg.t0) & (np.arange(len(ts)) >= first)]
     vals = vals[np.isfinite(vals)]
+    every_step = not len(vals)  # a few DDIM steps may leave no stage-1 change: use every recorded one
+    if every_step:
+        vals = res.d[np.isfinite(res.d)]
     if not len(vals):
         raise ValueError(f"calibrate_threshold: no stage-1 map change was recorded ({cfg.ddim_steps} DDIM steps, "
                          f"t0 = {cfg.t0}); use more ddim_steps or set th >= 0")
-    return {"th": float(np.quantile(vals, cfg.th_quantile)), "d": res.d, "timesteps": res.timesteps}
+    return {"th": float(np.quantile(vals, cfg.th_quantile)), "d": res.d, "timesteps": res.timesteps,
+            "every_step": every_step}
 
 
 def synthetic_identities(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
