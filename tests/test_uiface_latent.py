@@ -169,3 +169,34 @@ def test_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: seen.update({name: value}))
     assert report.glue("acc", np.float64(0.575)) == 0.575
     assert type(seen["acc"]) is float and type(report.glue("n", np.int64(3))) is int
+
+
+def test_held_out_identities_are_held_out_of_every_training_set(monkeypatch):
+    """The gate's identities must be unseen: CelebA-id299 people also appear in CelebA-10k under the same
+    CelebA identity number, so they are removed there too."""
+    import pandas as pd
+
+    from facestudy import data
+    from facestudy import eval as fseval
+    from facestudy import profiles
+    from facestudy.data import FaceSet
+
+    def toy(name, ids):
+        ids = np.asarray(ids)
+        _, labels = np.unique(ids, return_inverse=True)
+        return FaceSet(images=np.zeros((len(ids), 112, 112, 3), np.uint8), labels=labels,
+                       meta=pd.DataFrame({"identity": ids.astype(str)}), name=name)
+
+    sets = {"celeba_id299": toy("celeba_id299", [1, 1, 2, 2, 3, 3, 4, 4]),
+            "celeba10k": toy("celeba10k", [1, 2, 3, 4, 5, 6, 7])}
+    monkeypatch.setattr(data, "available", lambda name: name in sets)
+    monkeypatch.setattr(data, "load", lambda name, limit=None: sets[name])
+    monkeypatch.setattr(fseval, "embed_cached", lambda fr, fs: torch.randn(len(fs), 4))
+    cfg = profiles.resolve("02_uiface", "smoke", train_sets=["celeba_id299", "celeba10k"], gate_identities=2,
+                           train_per_identity=0, train_images=0, train_limit=0)
+    td = P.training_data(cfg, fr=None, seed=0)
+    out = set(td.heldout.meta["identity"])
+    assert len(out) == 2 and td.heldout.n_identities == 2 and len(td.heldout) == 4
+    seen = set(td.faceset.meta["identity"])
+    assert not (out & seen) and seen == {"1", "2", "3", "4", "5", "6", "7"} - out
+    assert len(td.faceset) == 4 + 5 and td.identity.shape == (9, 4)

@@ -4,7 +4,7 @@ The paper (METHODS.md §2.2) runs a 216 M-parameter ConditionalUNet in the 3×32
 autoencoder. Its weights are not redistributed, so the book trains its own f4 autoencoder
 (:mod:`.autoencoder`) and a small diffusers :class:`~diffusers.UNet2DConditionModel` in that latent
 (``latent_channels > 0``: a 32-px face is an 8×8 latent); ``latent_channels = 0`` keeps the first build's
-pixel-space UNet (the smoke profile's tiny model, and a comparison). Its
+pixel-space UNet for comparison (``--set latent_channels=0``). Its
 transformer blocks have the same three sub-layers as the paper's ``SpatialEmbeddingCrossAttentionBlock``
 (self-attention, cross-attention to the identity tokens, feed-forward), which is what the sampling tricks
 of §2.4 act on.

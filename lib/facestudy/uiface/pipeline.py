@@ -67,7 +67,8 @@ def face_recognizer(run=None):
 
 def training_data(cfg, fr, run=None, seed: int = 0) -> TrainingData:
     """The real aligned faces of ``cfg.train_sets`` that are present (CelebA-id299, CelebA-10k), else the
-    synthetic world; ``cfg.gate_identities`` CelebA-id299 identities are held out; contexts are cached.
+    synthetic world; ``cfg.gate_identities`` CelebA-id299 identities are held out of every set (by their CelebA
+    identity number); contexts are cached.
 
     Per set at most ``cfg.train_limit`` images are read (0 = all) and at most ``cfg.train_per_identity`` kept
     per identity (0 = all); then at most ``cfg.train_images`` in all (0 = all), drawn with ``seed``.
@@ -76,18 +77,22 @@ def training_data(cfg, fr, run=None, seed: int = 0) -> TrainingData:
     from .. import eval as fseval
 
     rng = np.random.default_rng(seed)
-    parts, names, heldout = [], [], None
-    for name in cfg.train_sets:
-        if not data.available(name):
-            continue
-        fs = data.load(name, limit=cfg.train_limit or None)
-        if name == "celeba_id299" and cfg.gate_identities:
-            labs, counts = np.unique(fs.labels, return_counts=True)
-            eligible = labs[counts >= 2]
-            out = rng.permutation(eligible)[: cfg.gate_identities]
-            is_out = np.isin(fs.labels, out)
-            heldout = fs.subset(np.flatnonzero(is_out)).relabel()
-            fs = fs.subset(np.flatnonzero(~is_out)).relabel()
+    loaded = {name: data.load(name, limit=cfg.train_limit or None) for name in cfg.train_sets
+              if data.available(name)}
+    heldout, out_ids = None, set()
+    if "celeba_id299" in loaded and cfg.gate_identities:
+        fs = loaded["celeba_id299"]
+        labs, counts = np.unique(fs.labels, return_counts=True)
+        out = rng.permutation(labs[counts >= 2])[: cfg.gate_identities]
+        is_out = np.isin(fs.labels, out)
+        heldout = fs.subset(np.flatnonzero(is_out)).relabel()
+        out_ids = set(heldout.meta["identity"].astype(str))
+    parts, names = [], []
+    for name, fs in loaded.items():
+        # a held-out person is held out of every set: 167 of CelebA-id299's identities also have photos in
+        # CelebA-10k (the same CelebA identity numbers)
+        if out_ids and "identity" in fs.meta.columns:
+            fs = fs.subset(np.flatnonzero(~fs.meta["identity"].astype(str).isin(out_ids).to_numpy())).relabel()
         if cfg.train_per_identity:
             keep = []
             for lab in np.unique(fs.labels):
