@@ -176,9 +176,8 @@ def test_held_out_identities_are_held_out_of_every_training_set(monkeypatch):
     CelebA identity number, so they are removed there too."""
     import pandas as pd
 
-    from facestudy import data
+    from facestudy import data, profiles
     from facestudy import eval as fseval
-    from facestudy import profiles
     from facestudy.data import FaceSet
 
     def toy(name, ids):
