@@ -346,17 +346,12 @@ def evaluate_set(fs, fr, real_emb: torch.Tensor, cfg, res: SampleResult | None =
 
 def real_fr_set(td: TrainingData, n_identities: int, n_per_identity: int, size: int, seed: int = 0):
     """The "trained on real faces" row: real training faces with the synthetic sets' shape, at ``size`` px."""
-    from ..data import FaceSet
-    from .model import resize_uint8
-
     fs = td.faceset
     rng = np.random.default_rng(seed)
     counts = np.bincount(fs.labels)
     ids = [i for i in rng.permutation(len(counts)) if counts[i] >= n_per_identity][:n_identities]
     idx = np.concatenate([rng.permutation(np.flatnonzero(fs.labels == i))[:n_per_identity] for i in ids])
-    sub = fs.subset(idx).relabel()
-    return FaceSet(images=resize_uint8(sub.images, size).numpy(), labels=sub.labels, meta=sub.meta,
-                   name=f"{fs.name}-real{size}", source="real")
+    return lowres(fs.subset(idx).relabel(), size, name=f"{fs.name}-real{size}")
 
 
 def frechet_distance(a, b) -> float:
@@ -404,7 +399,6 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     (``fd``; two disjoint real sets at this resolution: ``fd_real``). Returns the numbers and the samples.
     """
     from ..data import FaceSet
-    from .model import resize_uint8
 
     if td.heldout is None or td.heldout_identity is None or td.heldout.n_identities < 2:
         raise DataError("the competence gate needs held-out real identities (gate_identities >= 2 and "
@@ -420,10 +414,10 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     cos = (emb @ ctx.T).numpy()
     own = cos[np.arange(len(labels)), labels]
     other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
-    real_small = resize_uint8(ho.images, cfg.image_size).numpy()
+    real_small = lowres(ho, cfg.image_size).images
     real_emb = fr.embed(real_small)
     ref_idx = np.random.default_rng(seed).permutation(len(td.faceset))[: max(len(real_emb), len(emb))]
-    ref_emb = fr.embed(resize_uint8(td.faceset.images[ref_idx], cfg.image_size).numpy())
+    ref_emb = fr.embed(lowres(td.faceset.subset(np.sort(ref_idx)), cfg.image_size).images)
     fs = FaceSet(images=res.images.numpy(), labels=labels,
                  meta=pd.DataFrame({"identity": [f"heldout{j:04d}" for j in labels]}), name="gate",
                  source="synthetic")
