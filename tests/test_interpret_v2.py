@@ -119,6 +119,23 @@ def test_grid_seeds_reports_each_eval_set_and_seed():
         analysis.grid_seeds(x, [("topk", {"k": 2})], [0], steps=1, batch_size=8, evals={})
 
 
+def test_grid_on_two_worker_processes_trains_the_same_saes():
+    """Chapter 4's grid runs its SAEs in two processes at default; the dictionaries must not change."""
+    x = torch.randn(300, 8)
+    runs = [("topk", {"k": 2}), ("vanilla", {"l1_coeff": 1.0, "resample_every": 4}), ("gated", {"l1_coeff": 1.0})]
+    kw = dict(steps=12, batch_size=32, evals={"disc": x[:60]}, expansion=2)
+    g1, m1 = analysis.grid_seeds(x, runs, [0, 1], workers=1, **kw)
+    g2, m2 = analysis.grid_seeds(x, runs, [0, 1], workers=2, **kw)
+    assert list(m1) == list(m2) and len(m1) == 6
+    for key in m1:
+        for (n, a), b in zip(m1[key].state_dict().items(), m2[key].state_dict().values(), strict=True):
+            assert torch.equal(a, b), (key, n)
+    timing = ["templates/s", "seconds"]
+    pd.testing.assert_frame_equal(g1.drop(columns=timing), g2.drop(columns=timing))
+    with pytest.raises(ParameterError, match="workers"):
+        saes.train_many([], workers=0)
+
+
 def test_paper_checkpoint_loads_strictly(tmp_path):
     """Chapter 4's paper-profile reader refuses a checkpoint with a renamed key (it used strict=False)."""
     import torch

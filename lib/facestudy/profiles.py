@@ -308,6 +308,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "sae_seeds": 3,  # SAE seeds per grid setting (the unit of replication of F1, F2, F3, F4)
             "sae_steps": 600,  # Adam steps per SAE (~32 epochs of the training templates at default)
             "sae_lr": 3e-3,  # Adam learning rate of every SAE in the grid
+            "sae_workers": 2,  # CPU processes training SAEs side by side (1 = one by one; the same SAEs either way)
             "batch_size": 256,  # templates per step
             # vanilla / gated: every 250 steps resample latents silent on the last 50 batches (0 = off)
             "resample_every": 250,
@@ -331,10 +332,12 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "contrast_n": 20,  # images in each contrastive set
             "ablation_n": 12,  # faces per edit (synthetic and real overlays)
             "actmax_size": 64,  # act-max canvas (px; resized to 112 for the model)
-            "actmax_steps": 40,  # Adam steps per act-max image (illustration; F5 needs f5_min_steps)
-            "actmax_seeds": 1,  # act-max seeds per parameterisation (F5 needs >= 3)
+            "actmax_steps": 40,  # Adam steps per act-max image of the illustration grid's other targets
+            "f5_steps": 256,  # Adam steps of F5's renders: the SAE latent x 4 parameterisations x actmax_seeds
+            "actmax_seeds": 3,  # act-max seeds per parameterisation for F5 (F5 needs >= 3)
             "f5_min_steps": 256,  # F5 is decided only at >= this many steps (converged CPPN / DIP)
             "actmax_lr": 0.05,  # Adam learning rate (Lucid default)
+            "actmax_spin": True,  # CPU: run the act-max loops in a spin-waiting worker process (~1.8x faster)
             "dip_channels": 16,  # DIP skip-net width (the DIP paper uses 128)
             "dip_scales": 4,  # DIP skip-net depth (the DIP paper uses 5)
             "early_layer": "conv2_dw",  # "early channel" of the act-max grid
@@ -352,7 +355,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                   "synthetic_per_identity": 4, "expansion": 2, "sweep_expansion": [2], "sae_seeds": 2,
                   "sae_steps": 15, "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1],
                   "resample_every": 5, "n_show": 4, "contrast_n": 5, "ablation_n": 3, "actmax_size": 48,
-                  "actmax_steps": 2, "dip_channels": 8, "dip_scales": 3,
+                  "actmax_steps": 2, "f5_steps": 2, "actmax_seeds": 1, "actmax_spin": False,
+                  "sae_workers": 1, "dip_channels": 8, "dip_scales": 3,
                   "mid_faces": 60, "mid_expansion": 1, "mid_k": 8, "mid_steps": 5, "mid_batch": 64},
         "default": {},
         # gpu / paper: all ~39.2 k real faces, 80 % for training = 31.4 k templates >= f2_min_templates (at 60 %
@@ -362,16 +366,16 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                 "sweep_expansion": [4, 8, 16, 32], "sae_seeds": 5, "sae_steps": 20000, "batch_size": 4096,
                 "grid_l1": [0.3, 1.0, 3.0, 10.0, 30.0], "grid_gated_l1": [0.3, 1.0, 3.0, 10.0, 30.0],
                 "grid_k": [8, 16, 32, 64, 128], "grid_l0": [0.01, 0.03, 0.1, 0.3, 1.0], "n_show": 8,
-                "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "actmax_seeds": 3,
-                "dip_channels": 128, "dip_scales": 5,
+                "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "f5_steps": 512,
+                "actmax_seeds": 3, "dip_channels": 128, "dip_scales": 5,
                 "mid_faces": 20000, "mid_expansion": 8, "mid_k": 64, "mid_steps": 5000, "mid_batch": 4096},
         "paper": {"model": "checkpoint", "limit_per_set": 0, "split_fractions": [0.8, 0.1, 0.1], "expansion": 16,
                   "sweep_expansion": [4, 8, 16, 32],
                   "sae_seeds": 5, "sae_steps": 20000, "batch_size": 4096,
                   "grid_l1": [0.3, 1.0, 3.0, 10.0, 30.0], "grid_gated_l1": [0.3, 1.0, 3.0, 10.0, 30.0],
                   "grid_k": [8, 16, 32, 64, 128, 256], "grid_l0": [0.01, 0.03, 0.1, 0.3, 1.0], "n_show": 8,
-                  "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "actmax_seeds": 3,
-                  "dip_channels": 128, "dip_scales": 5,
+                  "contrast_n": 50, "ablation_n": 64, "actmax_size": 112, "actmax_steps": 512, "f5_steps": 512,
+                  "actmax_seeds": 3, "dip_channels": 128, "dip_scales": 5,
                   "early_layer": "layer1", "late_layer": "layer4",  # IResNet-100's first stage and last stage
                   "mid_layer": "bn2", "mid_faces": 20000, "mid_expansion": 8, "mid_k": 64, "mid_steps": 5000,
                   "mid_batch": 4096},
@@ -481,7 +485,8 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "limit_per_set": 100, "min_positives": 2, "synthetic_identities": 8, "synthetic_per_identity": 4,
         "sweep_expansion": [4, 32], "sae_seeds": 2, "sae_steps": 6, "resample_every": 3, "batch_size": 256,
         "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1], "n_show": 4, "contrast_n": 5,
-        "ablation_n": 3, "actmax_steps": 2, "actmax_seeds": 1, "mid_faces": 60, "mid_steps": 3, "mid_batch": 256,
+        "ablation_n": 3, "actmax_steps": 2, "f5_steps": 2, "actmax_seeds": 1, "mid_faces": 60, "mid_steps": 3,
+        "mid_batch": 256,
     },
     "05_distillation": {
         "train_identities": 12, "max_per_identity": 4, "synthetic_per_identity": 4, "steps": 2, "seeds": [0, 1],

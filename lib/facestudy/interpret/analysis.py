@@ -126,26 +126,39 @@ def contrastive_sets(codes: torch.Tensor, unit: int, labels: pd.DataFrame, ident
 
 def grid_search(x: torch.Tensor, runs: Sequence[tuple[str, dict]], *, steps: int, batch_size: int,
                 seed: int = 0, d_in: int | None = None, expansion: int = 8, x_eval: torch.Tensor | None = None,
-                device: str | torch.device = "cpu") -> tuple[pd.DataFrame, dict[str, saes.TrainResult]]:
+                device: str | torch.device = "cpu", workers: int = 1
+                ) -> tuple[pd.DataFrame, dict[str, saes.TrainResult]]:
     """Train one SAE per ``(kind, settings)`` and tabulate L0, L1, % alive, MSE, EV, cos (Table 9 analogue).
 
     Metrics are measured on ``x_eval`` (held-out templates) when given, else on ``x``; ``EV_train`` is
-    always the explained variance on the training templates (the gap shows memorisation).
+    always the explained variance on the training templates (the gap shows memorisation). ``workers``
+    processes train the runs side by side (:func:`saes.train_many`; same SAEs as one process).
     """
+    return _grid(x, runs, [seed], steps=steps, batch_size=batch_size, d_in=d_in, expansion=expansion,
+                 x_eval=x_eval, device=device, workers=workers)[seed]
+
+
+def _grid(x, runs, seeds, *, steps, batch_size, d_in, expansion, x_eval, device, workers):
     d = d_in or x.shape[1]
-    rows, results = [], {}
-    for kind, kw in runs:
-        kw = dict(kw)
-        kw.setdefault("expansion", expansion)
-        sae = saes.create(kind, d_in=d, seed=seed, **kw)
-        res = saes.train_sae(sae, x, steps=steps, batch_size=batch_size, seed=seed, device=device)
+    specs = []
+    for s in seeds:
+        for kind, kw in runs:
+            kw = dict(kw)
+            kw.setdefault("expansion", expansion)
+            specs.append((int(s), kind, kw))
+    jobs = [(saes.create(kind, d_in=d, seed=s, **kw), x,
+             {"steps": steps, "batch_size": batch_size, "seed": s, "device": device}) for s, kind, kw in specs]
+    done = saes.train_many(jobs, workers=workers)
+    out: dict[int, tuple[list, dict]] = {int(s): ([], {}) for s in seeds}
+    for (s, kind, kw), res in zip(specs, done, strict=True):
         final = saes.train.evaluate(res.sae, x_eval) if x_eval is not None else res.final
         name = run_name(kind, kw)
+        rows, results = out[s]
         results[name] = res
         rows.append({"name": name, "kind": kind, **{k: v for k, v in kw.items() if k != "expansion"},
                      "M": res.sae.n_latents, **final, "EV_train": res.final["EV"],
                      "templates/s": res.templates_per_s})
-    return pd.DataFrame(rows), results
+    return {s: (pd.DataFrame(rows), results) for s, (rows, results) in out.items()}
 
 
 def run_name(kind: str, kw: dict) -> str:
@@ -362,17 +375,20 @@ def pick_best(grid: pd.DataFrame, ev_target: float, ev_col: str = "EV") -> pd.Se
 
 def grid_seeds(x: torch.Tensor, runs: Sequence[tuple[str, dict]], seeds: Sequence[int], *, steps: int,
                batch_size: int, evals: dict[str, torch.Tensor], expansion: int = 4,
-               device: str | torch.device = "cpu") -> tuple[pd.DataFrame, dict[tuple[str, int], Any]]:
+               device: str | torch.device = "cpu", workers: int = 1
+               ) -> tuple[pd.DataFrame, dict[tuple[str, int], Any]]:
     """:func:`grid_search` repeated over SAE ``seeds`` (initialisation and batch order), with every run's
     metrics on each held-out set of ``evals`` (columns ``<metric>`` for the first set, ``<set>_<metric>``
-    for the others) and ``EV_train``. Returns (one row per run x seed, {(run name, seed): SAE})."""
+    for the others) and ``EV_train``. All runs x seeds go to ``workers`` processes at once. Returns (one row
+    per run x seed, {(run name, seed): SAE})."""
     if not evals:
         raise ParameterError("grid_seeds needs at least one held-out set in evals")
     names = list(evals)
     frames, models = [], {}
+    per_seed = _grid(x, runs, seeds, steps=steps, batch_size=batch_size, d_in=None, expansion=expansion,
+                     x_eval=evals[names[0]], device=device, workers=workers)
     for s in seeds:
-        grid, trained = grid_search(x, runs, steps=steps, batch_size=batch_size, seed=int(s),
-                                    expansion=expansion, x_eval=evals[names[0]], device=device)
+        grid, trained = per_seed[int(s)]
         grid["seed"] = int(s)
         grid["resampled"] = [trained[n].final.get("resampled", 0.0) for n in grid["name"]]
         grid["seconds"] = [trained[n].seconds for n in grid["name"]]

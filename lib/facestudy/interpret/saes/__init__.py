@@ -13,7 +13,7 @@ from .gated import GatedConfig, GatedSAE
 from .jumprelu import JumpReLUConfig, JumpReLUSAE, jumprelu, rectangle, step  # noqa: F401
 from .pca import PCA  # noqa: F401
 from .topk import TopKConfig, TopKSAE
-from .train import TrainResult, train_sae  # noqa: F401
+from .train import TrainResult, train_many, train_sae  # noqa: F401
 from .vanilla import VanillaConfig, VanillaSAE
 
 REGISTRY: dict[str, tuple[type[SAEConfig], type[BaseSAE]]] = {}
