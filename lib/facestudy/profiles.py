@@ -191,7 +191,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "p_empty": 0.2,  # learnable empty context probability
             # v-prediction + one cosine decay on a CPU budget (paper: eps, restarts)
             "prediction": "v_prediction", "lr_schedule": "cosine", "lr_warmup": 100,
-            "train_steps": 2000, "train_batch": 64, "lr": 1e-3,  # paper: 900k steps, batch 512, lr 1e-4
+            # 5000 steps: gate AUC 0.816 (2000: 0.715), measured 2026-11-30; the paper: 900k steps, batch 512, lr 1e-4
+            "train_steps": 5000, "train_batch": 64, "lr": 1e-3,
             "use_ema": True,
             # sampling (DDIM, eta = 0); 25 steps on CPU to fit the budget (paper and gpu: 50)
             "ddim_steps": 25, "guidance": 1.0, "t0": 500, "sample_batch": 64,
