@@ -179,7 +179,7 @@ def in_spinning_process(fn, *args: Any, **kwargs: Any) -> Any:
     kept for later calls.
     """
     global _SPINNING
-    if _SPINNING is None or getattr(_SPINNING, "_flags", None) is not None and _SPINNING._flags.broken:
+    if _SPINNING is None:
         from joblib.externals.loky.process_executor import ProcessPoolExecutor
 
         # our own executor: loky's reusable one is a singleton that joblib's Parallel also takes over

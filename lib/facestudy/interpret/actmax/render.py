@@ -129,7 +129,7 @@ def render_many(model, jobs: Sequence[RenderJob], *, steps: int = 128,
     With the model in eval mode the rows do not interact, so every job follows the run :func:`render` would
     make for it alone (equal up to floating point; tested). What changes is the cost: one forward and
     backward pass of a batch instead of one per job, which on a CPU amortises the model's per-call overhead
-    (chapter 4's converged F5 comparison runs its 48 jobs this way). All jobs must give images of one shape;
+    (chapter 4's converged F5 comparison runs its 12 jobs this way). All jobs must give images of one shape;
     4-channel (alpha) parameterisations use :func:`render`.
     Returns one :class:`RenderResult` per job, in order; ``seconds`` is the shared wall time of the loop.
 
