@@ -14,6 +14,8 @@ export MALLOC_TRIM_THRESHOLD_ ?= 68719476736
 export MALLOC_TOP_PAD_ ?= 1073741824
 # OpenMP threads sleep at barriers instead of spinning (facestudy.runtime; a shared CPU collapses otherwise)
 export OMP_WAIT_POLICY ?= PASSIVE
+# ... except in book's cold stages, which run alone: ACTIVE unless you set OMP_WAIT_POLICY yourself
+STAGE_OMP = $(if $(filter environment command,$(origin OMP_WAIT_POLICY)),$(OMP_WAIT_POLICY),ACTIVE)
 
 .PHONY: all venv book chapters html test lint clean
 all: book
@@ -27,12 +29,14 @@ $(BIN)/facestudy: pyproject.toml
 
 venv: $(BIN)/facestudy
 
-# The main job: chapter 2's generator (its one cold training stage, progress bars), every chapter at $(PROFILE)
-# with papermill, then the HTML with -W. The stage runs alone, so its OpenMP threads spin-wait (ACTIVE): its
-# small latent UNet runs 2x faster than under facestudy's contention-safe PASSIVE default (0.29 vs 0.6 s a step).
+# The main job: the two cold stages (progress bars) - chapter 2's generator; chapter 4's templates of every
+# real face and its SAEs -, every chapter at $(PROFILE) with papermill, then the HTML with -W. The stages run
+# alone, so their OpenMP threads spin-wait (ACTIVE): chapter 2's small latent UNet runs 2x faster than under
+# facestudy's contention-safe PASSIVE default (0.29 vs 0.6 s a step).
 book: venv
 	$(BIN)/facestudy data prepare --quiet
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-ACTIVE} $(BIN)/facestudy train 02_uiface generator --profile $(PROFILE)
+	OMP_WAIT_POLICY=$(STAGE_OMP) $(BIN)/facestudy train 02_uiface generator --profile $(PROFILE)
+	OMP_WAIT_POLICY=$(STAGE_OMP) $(BIN)/facestudy train 04_facemint saes --profile $(PROFILE)
 	$(BIN)/facestudy run all --profile $(PROFILE) --quiet
 	$(MAKE) html
 	@echo "The book: $(CURDIR)/_build/html/index.html"

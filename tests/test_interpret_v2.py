@@ -150,3 +150,73 @@ def test_paper_checkpoint_loads_strictly(tmp_path):
     torch.save(sd, tmp_path / "iresnet100.pth")
     with pytest.raises(DataError, match="renamed.conv1.weight"):
         study_model("checkpoint", str(tmp_path / "iresnet100.pth"))
+
+
+def test_saes_stage_fills_the_caches_the_chapter_reads(tmp_path, monkeypatch, capsys):
+    """`facestudy train 04_facemint saes` (make book's second cold stage) embeds the chapter's faces and trains
+    its SAEs once; the chapter's own calls with the same settings then embed no face and train no SAE."""
+    from facestudy import cli, data, models, profiles
+    from facestudy.errors import DataError
+
+    try:
+        model = models.pretrained("mobilefacenet-ms1m")
+    except DataError:
+        pytest.skip("mobilefacenet-ms1m weights absent")
+    monkeypatch.setenv("FACESTUDY_CACHE", str(tmp_path / "cache"))
+    sets = ["celeba10k"] if data.available("celeba10k") else ["no_such_set"]  # else the synthetic world
+    over = {"datasets": sets, "limit_per_set": 40, "sae_steps": 4, "sae_seeds": 2}
+    argv = ["train", "04_facemint", "saes", "--profile", "smoke", "--quiet"]
+    for k, v in over.items():
+        argv += ["--set", f"{k}={v}"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "templates" in out and "computed" in out and "SAEs: sweep" in out
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.pt"))) == 1
+    n_saes = len(list((tmp_path / "cache" / "saes").glob("sae-*.pt")))
+    cfg = profiles.resolve("04_facemint", "smoke", **over)
+    # the grid x seeds and F1's dictionary x seeds, plus the sweep's SAEs that the grid does not hold already
+    # (smoke's sweep SAE at expansion 2 is the grid's gated SAE of seed 0: one key, one file)
+    assert n_saes == 2 * len(analysis.grid_runs(cfg, 128)) + 2
+    faces = analysis.study_faces(cfg, seed=0)
+    calls = []
+    X = analysis.templates(model, [faces], threads=None, progress=calls.append)
+    assert calls == [] and X.shape == (len(faces), 128)
+    split = analysis.study_split(cfg, faces, seed=0)
+    trained = []
+    monkeypatch.setattr(saes.train, "train_sae", lambda *a, **k: trained.append(1))
+    got = analysis.train_study_saes(cfg, X[split["train"]], X[split["discovery"]], X[split["validation"]], [0, 1])
+    assert trained == [] and len(got["grid"][0]) == 2 * len(analysis.grid_runs(cfg, 128))
+    assert (got["f1"][0]["M"] == cfg.f1_expansion * 128).all()
+    assert len(list((tmp_path / "cache" / "saes").glob("sae-*.pt"))) == n_saes
+
+
+def test_sae_cache_returns_the_trained_sae_and_retrains_a_changed_job(tmp_path):
+    x = torch.randn(300, 8)
+    def job(seed=0, steps=5):
+        return (saes.create("topk", d_in=8, k=2, expansion=2, seed=seed), x, {"steps": steps, "batch_size": 32,
+                                                                             "seed": seed})
+    first = saes.train_many([job()], cache=tmp_path)[0]
+    again = saes.train_many([job()], cache=tmp_path)[0]
+    for k, v in first.sae.state_dict().items():
+        assert torch.equal(v, again.sae.state_dict()[k])
+    assert again.final == first.final and again.seconds == first.seconds
+    assert list(again.history.columns) == list(first.history.columns)
+    assert len(list(tmp_path.glob("sae-*.pt"))) == 1
+    saes.train_many([job(steps=6), job(seed=1)], cache=tmp_path)  # other steps, other seed: new entries
+    assert len(list(tmp_path.glob("sae-*.pt"))) == 3
+    path = next(iter(tmp_path.glob("sae-*.pt")))
+    path.write_bytes(b"damaged")  # a damaged entry is reported and trained again
+    with pytest.warns(UserWarning):
+        saes.train_many([job(), job(steps=6), job(seed=1)], cache=tmp_path)
+    assert len(list(tmp_path.glob("sae-*.pt"))) == 3
+
+
+def test_tail_share_reads_how_far_from_converged_a_run_ended():
+    steps = np.arange(40)
+    flat = pd.DataFrame({"mse": np.r_[100.0, 10.0 + 90.0 * np.exp(-steps[1:] / 3.0)]})  # converged early
+    linear = pd.DataFrame({"mse": 100.0 - 2.0 * steps})  # falls at a constant rate to the end
+    assert saes.train.tail_share(flat, window=1) < 0.001
+    assert saes.train.tail_share(linear, window=1) == pytest.approx(0.25, abs=0.02)
+    assert np.isnan(saes.train.tail_share(linear.head(5)))
+    assert np.isnan(saes.train.tail_share(pd.DataFrame({"mse": np.full(20, 3.0)})))
+    assert np.isnan(saes.train.tail_share(pd.DataFrame({"loss": np.arange(20.0)})))

@@ -142,7 +142,7 @@ def test_train_stage_trains_once_and_the_chapter_loads_it(tmp_path, monkeypatch,
 def test_threshold_is_calibrated_on_our_own_map_changes():
     from facestudy import profiles
 
-    cfg = profiles.resolve("02_uiface", "smoke", ddim_steps=8, embed_dim=6)
+    cfg = profiles.resolve("02_uiface", "smoke", ddim_steps=8, embed_dim=6, guidance=1.0)
     assert cfg.th < 0 and profiles.resolve("02_uiface", "paper").th == 0.005
     ae = tiny_ae()
     ae.scale.fill_(1.0)

@@ -195,7 +195,13 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "train_steps": 5000, "train_batch": 64, "lr": 1e-3,
             "use_ema": True,
             # sampling (DDIM, eta = 0); 25 steps on CPU to fit the budget (paper and gpu: 50)
-            "ddim_steps": 25, "guidance": 1.0, "t0": 500, "sample_batch": 64,
+            "ddim_steps": 25, "t0": 500, "sample_batch": 64,
+            # classifier-free guidance w (eps = (1+w) eps_c - w eps_u; the paper: w = 1, its `paper` value here).
+            # < 0: the chapter tunes w on LFW people (in neither the training faces nor the gate): the smallest w
+            # of guidance_grid whose genuine-vs-impostor AUC reaches gate_auc (our small denoiser needs more
+            # guidance than the paper's to put its identity into a face)
+            "guidance": -1.0, "guidance_grid": [1.0, 2.0, 4.0, 6.0, 8.0], "guidance_identities": 24,
+            "guidance_per_identity": 4,
             # adaptive threshold on d_t: < 0 = calibrate on our network (the th_quantile quantile of a pilot's
             # stage-1 d_t); the paper's 0.005 is a value on its own network (the paper profile keeps it)
             "th": -1.0, "th_quantile": 0.2,
@@ -224,7 +230,8 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                   "train_steps": 4, "train_batch": 8, "ddim_steps": 5, "n_candidates": 6, "n_identities": 2,
                   "n_per_identity": 3, "intervals": [[500, 1000], [0, 500]], "interval_identities": 2,
                   "interval_per_identity": 2, "recall_k": 2, "n_real_recall": 20, "lr_warmup": 1,
-                  "fr_epochs": 1, "fr_batch": 4, "lfw_per_fold": 4, "fr_seeds": [0, 1]},
+                  "fr_epochs": 1, "fr_batch": 4, "lfw_per_fold": 4, "fr_seeds": [0, 1],
+                  "guidance_grid": [1.0, 2.0], "guidance_identities": 3, "guidance_per_identity": 2},
         "default": {},
         "gpu": {"image_size": 64, "ae_channels": [64, 128], "ae_norm_groups": 16, "ae_steps": 20000, "ae_batch": 128,
                 "unet_channels": [64, 128, 128, 256], "attn_levels": [False, True, True, True], "head_dim": 32,
@@ -234,6 +241,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                 "interval_identities": 50, "interval_per_identity": 10, "sample_batch": 500,
                 "fr_epochs": 30, "fr_batch": 128, "fr_lr": 0.1, "lfw_per_fold": 300, "fr_seeds": [0, 1, 2, 3, 4]},
         "paper": {"prediction": "epsilon", "lr_schedule": "restarts", "lr": 1e-4, "ddim_steps": 50, "th": 0.005,
+                  "guidance": 1.0,
                   "image_size": 128, "latent_channels": 3, "n_tokens": 32, "token_dim": 256,
                   "n_candidates": 20000, "n_identities": 10000, "n_per_identity": 50, "sample_batch": 50,
                   "generator_checkpoint": "uiface/uiface_unet.ckpt",
@@ -297,17 +305,24 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "model": "mobilefacenet-ms1m",  # FR model whose templates and layers we study
             "checkpoint": "",  # paper profile: user-supplied checkpoint path (data_manifests/fr_checkpoints.yaml)
             "datasets": ["celeba10k", "utkface", "celeba_id299", "lfw"],  # real face sets embedded
-            "limit_per_set": 2000,  # images per real set (0 = all ~39k: ~20 CPU-min of embedding on 2 cores)
+            # images per real set (0 = all ~39.2 k: ~4 min of embedding on 2 cores, in make book's stage
+            # `facestudy train 04_facemint saes`; the chapter then reads them from the shared embedding cache)
+            "limit_per_set": 0,
             "synthetic_identities": 60,  # fallback synthetic world: identities ...
             "synthetic_per_identity": 6,  # ... and images per identity
-            "split_fractions": [0.6, 0.2, 0.2],  # train / discovery / validation, split by identity
+            # train / discovery / validation, split by identity: 80 % of all ~39.2 k real faces = 31.4 k training
+            # templates >= f2_min_templates (at 60 % it is 23.5 k); discovery and validation keep ~3.9 k each
+            "split_fractions": [0.8, 0.1, 0.1],
             "border_threshold": 0.05,  # a face has a black alignment border above this fraction of its rim
             "border_max_gap": 0.1,  # F3 leaves out labels the border fraction alone detects (|AUROC - 0.5| > this)
             "min_positives": 10,  # a label is scored only with this many positives and negatives per held-out part
             "expansion": 4,  # SAE latents = expansion x 128 (chosen by the measured sweep; the paper: 65,536 on 512-d)
             "sweep_expansion": [2, 4, 8],  # expansion factors of the measured sweep (one gated SAE each)
             "sae_seeds": 3,  # SAE seeds per grid setting (the unit of replication of F1, F2, F3, F4)
-            "sae_steps": 600,  # Adam steps per SAE (~32 epochs of the training templates at default)
+            # Adam steps per SAE (~20 epochs of the 31.4 k training templates). 600 steps left the frontier moving
+            # (gated l1=1: held-out EV 0.886 -> 0.942 at 2,400; measured 2026-11-30), so the grid trains 2,400
+            # steps once in make book's stage and the chapter loads it (<cache>/saes)
+            "sae_steps": 2400,
             "sae_lr": 3e-3,  # Adam learning rate of every SAE in the grid
             "sae_workers": 2,  # CPU processes training SAEs side by side (1 = one by one; the same SAEs either way)
             "batch_size": 256,  # templates per step
@@ -328,6 +343,10 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             # F1's sparse band (densities 1e-5 .. 1e-3) needs >= 10 images at density 1e-3; F2's "near-perfect"
             # held-out reconstruction is data-limited (the issue's bar: SAEs on >= 30k real templates)
             "f1_min_templates": 10000, "f2_min_templates": 30000,
+            # F1's own dictionary (gated, f1_l1): the paper's histogram comes from 65,536 latents with L0 ~ 200,
+            # many more latents than active ones; at expansion 4 (512 latents, L0 ~ 120) no sparse band can form.
+            # Measured 2026-11-30 on 31.4 k templates, 2,400 steps: expansion 4 Ashman's D 1.5, expansion 32 D 4.4
+            "f1_expansion": 32, "f1_l1": 1.0,
             "main_kind": "gated",  # SAE family of F1, F3, F4 and act-max (the paper's predecessor uses a gated SAE)
             "n_show": 6,  # images per row in dataset-search grids
             "contrast_n": 20,  # images in each contrastive set
@@ -357,13 +376,12 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                   "sae_steps": 15, "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1],
                   "resample_every": 5, "n_show": 4, "contrast_n": 5, "ablation_n": 3, "actmax_size": 48,
                   "actmax_steps": 2, "f5_steps": 2, "actmax_seeds": 1, "actmax_spin": False,
-                  "sae_workers": 1, "dip_channels": 8, "dip_scales": 3,
+                  "sae_workers": 1, "dip_channels": 8, "dip_scales": 3, "f1_expansion": 4,
+                  "split_fractions": [0.6, 0.2, 0.2],
                   "mid_faces": 60, "mid_expansion": 1, "mid_k": 8, "mid_steps": 5, "mid_batch": 64},
         "default": {},
-        # gpu / paper: all ~39.2 k real faces, 80 % for training = 31.4 k templates >= f2_min_templates (at 60 %
-        # it is 23.5 k, measured 2026-11-30: F2 stayed untestable); discovery and validation keep ~3.9 k each
-        "gpu": {"limit_per_set": 0, "split_fractions": [0.8, 0.1, 0.1], "synthetic_identities": 500,
-                "synthetic_per_identity": 20, "expansion": 16,
+        "gpu": {"synthetic_identities": 500,
+                "synthetic_per_identity": 20, "expansion": 16, "f1_expansion": 128,
                 "sweep_expansion": [4, 8, 16, 32], "sae_seeds": 5, "sae_steps": 20000, "batch_size": 4096,
                 "grid_l1": [0.3, 1.0, 3.0, 10.0, 30.0], "grid_gated_l1": [0.3, 1.0, 3.0, 10.0, 30.0],
                 "grid_k": [8, 16, 32, 64, 128], "grid_l0": [0.01, 0.03, 0.1, 0.3, 1.0], "n_show": 8,
@@ -371,6 +389,7 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
                 "actmax_seeds": 3, "dip_channels": 128, "dip_scales": 5,
                 "mid_faces": 20000, "mid_expansion": 8, "mid_k": 64, "mid_steps": 5000, "mid_batch": 4096},
         "paper": {"model": "checkpoint", "limit_per_set": 0, "split_fractions": [0.8, 0.1, 0.1], "expansion": 16,
+                  "f1_expansion": 128,  # 65,536 latents on 512-d templates, the paper's dictionary
                   "sweep_expansion": [4, 8, 16, 32],
                   "sae_seeds": 5, "sae_steps": 20000, "batch_size": 4096,
                   "grid_l1": [0.3, 1.0, 3.0, 10.0, 30.0], "grid_gated_l1": [0.3, 1.0, 3.0, 10.0, 30.0],
@@ -466,6 +485,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "n_per_identity": 2,
         "intervals": [[500, 1000], [0, 500]], "interval_identities": 2, "interval_per_identity": 2,
         "n_real_recall": 20, "recall_k": 2, "fr_epochs": 1, "lfw_per_fold": 4, "fr_seeds": [0],
+        "guidance_grid": [1.0, 2.0], "guidance_identities": 3, "guidance_per_identity": 2,
     },
     "01_geometry": {
         "celeba_limit": 60, "n_max": 40, "n_boot": 20, "ks_equal_n": 5, "ks_equal_reps": 5, "world_macro_ids": 20,
@@ -487,7 +507,7 @@ REHEARSAL: dict[str, dict[str, Any]] = {
         "sweep_expansion": [4, 32], "sae_seeds": 2, "sae_steps": 6, "resample_every": 3, "batch_size": 256,
         "grid_l1": [1.0], "grid_gated_l1": [1.0], "grid_k": [8], "grid_l0": [0.1], "n_show": 4, "contrast_n": 5,
         "ablation_n": 3, "actmax_steps": 2, "f5_steps": 2, "actmax_seeds": 1, "mid_faces": 60, "mid_steps": 3,
-        "mid_batch": 256,
+        "mid_batch": 256, "f1_expansion": 4,
     },
     "05_distillation": {
         "train_identities": 12, "max_per_identity": 4, "synthetic_per_identity": 4, "steps": 2, "seeds": [0, 1],

@@ -176,8 +176,10 @@ def model_key(model: Any) -> str:
 
 
 def embed_cached(model: Any, faceset: Any, key: str | None = None, flip: bool = False,
-                 batch_size: int = 256, normalize: bool = True) -> torch.Tensor:
+                 batch_size: int = 256, normalize: bool = True, progress: Any = None) -> torch.Tensor:
     """``model.embed(faceset.images)``, cached on disk under ``<cache>/embeddings/``.
+
+    ``progress`` (optional) is passed to ``model.embed`` when the embeddings are computed.
 
     The key joins (``key`` or model name + weights hash), (dataset name + content hash) and the
     preprocessing (model input / crop / normalisation, flip, normalize), so a changed weight, image or
@@ -200,7 +202,8 @@ def embed_cached(model: Any, faceset: Any, key: str | None = None, flip: bool = 
             from ..data.store import _warn_rebuild
 
             _warn_rebuild(path, exc, "embedding cache")
-    emb = model.embed(faceset.images, batch_size=batch_size, flip=flip, normalize=normalize)
+    kw = {"progress": progress} if progress is not None else {}
+    emb = model.embed(faceset.images, batch_size=batch_size, flip=flip, normalize=normalize, **kw)
     from ..data.store import atomic_path, clean_temps
 
     clean_temps(path.parent)

@@ -126,19 +126,29 @@ def contrastive_sets(codes: torch.Tensor, unit: int, labels: pd.DataFrame, ident
 
 def grid_search(x: torch.Tensor, runs: Sequence[tuple[str, dict]], *, steps: int, batch_size: int,
                 seed: int = 0, d_in: int | None = None, expansion: int = 8, x_eval: torch.Tensor | None = None,
-                device: str | torch.device = "cpu", workers: int = 1
+                device: str | torch.device = "cpu", workers: int = 1, cache: bool = False, progress=None
                 ) -> tuple[pd.DataFrame, dict[str, saes.TrainResult]]:
     """Train one SAE per ``(kind, settings)`` and tabulate L0, L1, % alive, MSE, EV, cos (Table 9 analogue).
 
     Metrics are measured on ``x_eval`` (held-out templates) when given, else on ``x``; ``EV_train`` is
     always the explained variance on the training templates (the gap shows memorisation). ``workers``
-    processes train the runs side by side (:func:`saes.train_many`; same SAEs as one process).
+    processes train the runs side by side (:func:`saes.train_many`; same SAEs as one process); ``cache=True``
+    keeps the trained SAEs in ``<cache>/saes`` and loads them on an identical call.
     """
     return _grid(x, runs, [seed], steps=steps, batch_size=batch_size, d_in=d_in, expansion=expansion,
-                 x_eval=x_eval, device=device, workers=workers)[seed]
+                 x_eval=x_eval, device=device, workers=workers, cache=cache, progress=progress)[seed]
 
 
-def _grid(x, runs, seeds, *, steps, batch_size, d_in, expansion, x_eval, device, workers):
+def _sae_cache(cache: bool):
+    if not cache:
+        return None
+    from .. import data
+
+    return data.cache_dir() / "saes"
+
+
+def _grid(x, runs, seeds, *, steps, batch_size, d_in, expansion, x_eval, device, workers, cache=None,
+          progress=None):
     d = d_in or x.shape[1]
     specs = []
     for s in seeds:
@@ -148,7 +158,7 @@ def _grid(x, runs, seeds, *, steps, batch_size, d_in, expansion, x_eval, device,
             specs.append((int(s), kind, kw))
     jobs = [(saes.create(kind, d_in=d, seed=s, **kw), x,
              {"steps": steps, "batch_size": batch_size, "seed": s, "device": device}) for s, kind, kw in specs]
-    done = saes.train_many(jobs, workers=workers)
+    done = saes.train_many(jobs, workers=workers, cache=_sae_cache(cache), progress=progress)
     out: dict[int, tuple[list, dict]] = {int(s): ([], {}) for s in seeds}
     for (s, kind, kw), res in zip(specs, done, strict=True):
         final = saes.train.evaluate(res.sae, x_eval) if x_eval is not None else res.final
@@ -157,7 +167,7 @@ def _grid(x, runs, seeds, *, steps, batch_size, d_in, expansion, x_eval, device,
         results[name] = res
         rows.append({"name": name, "kind": kind, **{k: v for k, v in kw.items() if k != "expansion"},
                      "M": res.sae.n_latents, **final, "EV_train": res.final["EV"],
-                     "templates/s": res.templates_per_s})
+                     "templates/s": res.templates_per_s, "tail_share": saes.train.tail_share(res.history)})
     return {s: (pd.DataFrame(rows), results) for s, (rows, results) in out.items()}
 
 
@@ -200,19 +210,113 @@ def ablation_effect(model, sae, before: np.ndarray, after: np.ndarray, unit: int
     return df
 
 
-def templates(model, sets: Sequence, cache: bool = True, threads: int | None = 1) -> torch.Tensor:
+def templates(model, sets: Sequence, cache: bool = True, threads: int | None = 1, progress=None) -> torch.Tensor:
     """L2-normalised templates of several FaceSets, stacked (cached by facestudy.eval.embed_cached).
 
     ``threads`` caps torch's CPU threads while embedding (None = unchanged; see
-    :class:`facestudy.runtime.torch_threads`)."""
+    :class:`facestudy.runtime.torch_threads`); ``progress`` (optional) is called with the number of images
+    of each embedded chunk (not called for cached sets)."""
     from .. import eval as fseval
 
     out = []
+    kw = {"progress": progress} if progress is not None else {}
     with torch_threads(threads):
         for fs in sets:
-            emb = fseval.embed_cached(model, fs) if cache else model.embed(fs.images)
+            emb = fseval.embed_cached(model, fs, **kw) if cache else model.embed(fs.images, **kw)
             out.append(torch.nn.functional.normalize(torch.as_tensor(emb).float(), dim=1))
     return torch.cat(out)
+
+
+def study_faces(cfg, seed: int = 0, note=None):
+    """Chapter 4's faces: every set of ``cfg.datasets`` that is present, each capped at ``cfg.limit_per_set``
+    images (0 = all), concatenated as one FaceSet named "faces"; the synthetic world when none is present.
+
+    ``note`` (optional) receives one line per skipped set. The notebook and the ``facestudy train 04_facemint
+    saes`` stage call this with the same settings, so they embed the same faces under one cache key.
+    """
+    from .. import data, faceworld
+    from ..errors import DataError
+
+    say = note or (lambda _msg: None)
+    sets = []
+    for name in cfg.datasets:
+        if not data.available(name):
+            say(f"{name} is not available: skipped")
+            continue
+        try:
+            sets.append(data.load(name, limit=cfg.limit_per_set or None, seed=seed))
+        except DataError as err:
+            say(f"{name} could not be loaded ({err}); skipped")
+    if sets:
+        return data.concat(sets, name="faces")
+    say("no real face set is available: using the synthetic world (attributes known exactly)")
+    return faceworld.make_faceset(cfg.synthetic_identities, cfg.synthetic_per_identity, seed=seed)
+
+
+def study_split(cfg, faces, seed: int = 0) -> dict[str, np.ndarray]:
+    """Chapter 4's identity-grouped train / discovery / validation split of ``faces`` (``cfg.split_fractions``)."""
+    groups = identity_groups(faces.meta)
+    return group_split(groups, dict(zip(["train", "discovery", "validation"], cfg.split_fractions, strict=True)),
+                       seed=seed)
+
+
+def sweep_runs(cfg) -> list[tuple[str, dict]]:
+    """The expansion sweep of chapter 4 (one gated SAE per factor of ``cfg.sweep_expansion``)."""
+    mid = cfg.grid_gated_l1[len(cfg.grid_gated_l1) // 2]
+    return [("gated", {"l1_coeff": mid, "lr": cfg.sae_lr, "resample_every": cfg.resample_every, "expansion": e})
+            for e in cfg.sweep_expansion]
+
+
+def grid_runs(cfg, d_in: int) -> list[tuple[str, dict]]:
+    """Chapter 4's sparsity grid: every family over its profile grid (F2's frontier, the best models)."""
+    common = {"lr": cfg.sae_lr}
+    return ([("vanilla", {"l1_coeff": v, "resample_every": cfg.resample_every, **common}) for v in cfg.grid_l1]
+            + [("gated", {"l1_coeff": v, "resample_every": cfg.resample_every, **common}) for v in cfg.grid_gated_l1]
+            + [("topk", {"k": min(k, cfg.expansion * d_in), **common}) for k in cfg.grid_k]
+            + [("jumprelu", {"l0_coeff": v, "bandwidth": cfg.jumprelu_bandwidth, "theta0": cfg.jumprelu_theta0,
+                             "threshold_lr_mult": cfg.jumprelu_threshold_lr_mult, "input_norm": "sqrt_d", **common})
+               for v in cfg.grid_l0])
+
+
+def f1_runs(cfg) -> list[tuple[str, dict]]:
+    """F1's dictionary: one gated SAE with ``cfg.f1_expansion`` x d latents at l1 ``cfg.f1_l1`` (the density
+    histogram's shape needs many more latents than active ones, as in the paper: 65,536 latents, L0 ~ 200)."""
+    return [("gated", {"l1_coeff": cfg.f1_l1, "lr": cfg.sae_lr, "resample_every": cfg.resample_every,
+                       "expansion": cfg.f1_expansion})]
+
+
+def n_study_saes(cfg, d_in: int, n_seeds: int) -> int:
+    """How many SAE trainings :func:`train_study_saes` asks for (the progress bar's total)."""
+    return len(cfg.sweep_expansion) + n_seeds * (len(grid_runs(cfg, d_in)) + len(f1_runs(cfg)))
+
+
+def train_study_saes(cfg, X_train: torch.Tensor, X_disc: torch.Tensor, X_val: torch.Tensor, seeds: Sequence[int],
+                     device: str | torch.device = "cpu", cache: bool = True, progress=None) -> dict[str, Any]:
+    """Every SAE of chapter 4's template sections, trained (or loaded from the SAE cache): the expansion
+    sweep (first seed), the grid over ``seeds`` and F1's large dictionaries over ``seeds``. The notebook and the
+    ``facestudy train 04_facemint saes`` stage call this with the same arguments, so the stage's SAEs are the
+    chapter's. Returns ``sweep`` (table, results), ``grid`` (table, models), ``f1`` (table, models) and the
+    seconds each part took in this call. ``progress`` (optional) is called with the number of SAEs done."""
+    import time
+
+    out: dict[str, Any] = {}
+    t = time.perf_counter()
+    out["sweep"] = grid_search(X_train, sweep_runs(cfg), steps=cfg.sae_steps, batch_size=cfg.batch_size,
+                               seed=seeds[0], x_eval=X_disc, device=device, workers=cfg.sae_workers, cache=cache,
+                               progress=progress)
+    out["sweep_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    evals = {"disc": X_disc, "val": X_val}
+    out["grid"] = grid_seeds(X_train, grid_runs(cfg, X_train.shape[1]), seeds, steps=cfg.sae_steps,
+                             batch_size=cfg.batch_size, evals=evals, expansion=cfg.expansion, device=device,
+                             workers=cfg.sae_workers, cache=cache, progress=progress)
+    out["grid_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out["f1"] = grid_seeds(X_train, f1_runs(cfg), seeds, steps=cfg.sae_steps, batch_size=cfg.batch_size,
+                           evals=evals, expansion=cfg.f1_expansion, device=device, workers=cfg.sae_workers,
+                           cache=cache, progress=progress)
+    out["f1_s"] = time.perf_counter() - t
+    return out
 
 
 def study_model(name: str, checkpoint: str = ""):
@@ -375,7 +479,7 @@ def pick_best(grid: pd.DataFrame, ev_target: float, ev_col: str = "EV") -> pd.Se
 
 def grid_seeds(x: torch.Tensor, runs: Sequence[tuple[str, dict]], seeds: Sequence[int], *, steps: int,
                batch_size: int, evals: dict[str, torch.Tensor], expansion: int = 4,
-               device: str | torch.device = "cpu", workers: int = 1
+               device: str | torch.device = "cpu", workers: int = 1, cache: bool = False, progress=None
                ) -> tuple[pd.DataFrame, dict[tuple[str, int], Any]]:
     """:func:`grid_search` repeated over SAE ``seeds`` (initialisation and batch order), with every run's
     metrics on each held-out set of ``evals`` (columns ``<metric>`` for the first set, ``<set>_<metric>``
@@ -386,7 +490,7 @@ def grid_seeds(x: torch.Tensor, runs: Sequence[tuple[str, dict]], seeds: Sequenc
     names = list(evals)
     frames, models = [], {}
     per_seed = _grid(x, runs, seeds, steps=steps, batch_size=batch_size, d_in=None, expansion=expansion,
-                     x_eval=evals[names[0]], device=device, workers=workers)
+                     x_eval=evals[names[0]], device=device, workers=workers, cache=cache, progress=progress)
     for s in seeds:
         grid, trained = per_seed[int(s)]
         grid["seed"] = int(s)

@@ -153,12 +153,12 @@ class FaceModel(nn.Module):
             self.train(was)
 
     def embed(self, images: Any, batch_size: int = 256, flip: bool = False, normalize: bool = True,
-              keypoints: Any = None) -> torch.Tensor:
+              keypoints: Any = None, progress: Any = None) -> torch.Tensor:
         """Embeddings (N, D) on the CPU for raw images (chapter 0b).
 
         ``flip=True`` adds the embedding of the horizontally mirrored image (the LFW "flip-sum" protocol);
         ``normalize`` L2-normalises the result. ``keypoints`` (pixel landmarks) are passed to models that
-        use them.
+        use them. ``progress`` (optional) is called with the number of images of each finished chunk.
         """
         if batch_size < 1:
             raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
@@ -195,6 +195,8 @@ class FaceModel(nn.Module):
                         kf["keypoints"] = kp[:, [1, 0, 2, 4, 3]]
                     e = e + net(x.flip(3), **kf).float()
                 outs.append(e.cpu())
+                if progress is not None:
+                    progress(len(chunk))
         if not outs:
             return torch.zeros(0, self.embedding_dim)
         emb = torch.cat(outs)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import DataError, ParameterError
 from . import metrics as M
 from .autoencoder import AutoencoderConfig, AutoencoderHistory, FaceAutoencoder, train_autoencoder
 from .model import GeneratorConfig, UIFaceGenerator, images_to_model
@@ -264,6 +264,9 @@ def sampler(cfg, **overrides: Any) -> SamplerConfig:
     """A :class:`SamplerConfig` with the profile's steps, guidance, t0 and th, plus ``overrides``."""
     kw = {"steps": cfg.ddim_steps, "guidance": cfg.guidance, "t0": cfg.t0, "th": cfg.th}
     kw.update(overrides)
+    if kw["guidance"] < 0:
+        raise ParameterError(f"guidance = {kw['guidance']} means 'tune it': set cfg.guidance to the w that "
+                             f"tune_guidance returns (the chapter does), or pass guidance >= 0")
     return SamplerConfig(**kw)
 
 
@@ -292,6 +295,84 @@ def calibrate_threshold(gen, cfg, device, seed: int = 0, n: int = 64) -> dict[st
                          f"t0 = {cfg.t0}); use more ddim_steps or set th >= 0")
     return {"th": float(np.quantile(vals, cfg.th_quantile)), "d": res.d, "timesteps": res.timesteps,
             "every_step": every_step}
+
+
+def tuning_contexts(fr, n_identities: int, size: int, seed: int = 0) -> dict[str, Any] | None:
+    """Tuning people for the sampler (chapter 2): one LFW face each of ``n_identities`` people, embedded at
+    112 px like every training context (``contexts``), and the embeddings of up to 200 *other* LFW faces at the
+    generator's ``size`` (``reference``, for a Fréchet distance). LFW is in neither the generator's training
+    faces nor the competence gate, so a setting chosen on it is not chosen on the gate's people. None when LFW
+    is absent."""
+    from .. import data
+    from .. import eval as fseval
+
+    if not n_identities or not data.available("lfw"):
+        return None
+    fs = data.load("lfw", limit=min(len(data.index("lfw")), 20 * n_identities), seed=seed)
+    _, first = np.unique(fs.labels, return_index=True)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(first)[:n_identities])
+    if len(pick) < 2:
+        return None
+    rest = np.sort(rng.permutation(np.setdiff1d(np.arange(len(fs)), pick))[:200])
+    return {"contexts": fseval.embed_cached(fr, fs.subset(pick).relabel()).float(),
+            "reference": fr.embed(lowres(fs.subset(rest), size).images) if len(rest) >= 2 else None,
+            "who": f"LFW ({len(pick)} people)"}
+
+
+def choose_guidance(aucs: dict[float, float], target: float) -> float:
+    """The smallest guidance w whose tuning AUC reaches ``target``; if none does, the w with the highest AUC.
+
+    Guidance trades sample quality for identity: the smallest w that carries enough identity distorts least.
+    """
+    if not aucs:
+        raise ValueError("choose_guidance needs at least one (w, AUC)")
+    passing = [w for w, a in sorted(aucs.items()) if np.isfinite(a) and a >= target]
+    if passing:
+        return float(passing[0])
+    finite = {w: a for w, a in aucs.items() if np.isfinite(a)}
+    if not finite:
+        return float(min(aucs))
+    return float(max(finite, key=lambda w: (finite[w], -w)))
+
+
+def tune_guidance(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
+    """Chapter 2: the classifier-free guidance w of every sampler, chosen on tuning identities.
+
+    ``cfg.guidance >= 0`` fixes w (the paper's w = 1: the ``paper`` profile). Else, for each w of
+    ``cfg.guidance_grid``, ``cfg.guidance_per_identity`` baseline samples of ``cfg.guidance_identities`` LFW
+    people are drawn and embedded, and w is :func:`choose_guidance` of their genuine-vs-impostor AUCs against
+    ``cfg.gate_auc``. Without LFW, w = the grid's first value (noted in ``source``). Returns ``w``, ``source``
+    and ``table`` (w, AUC, own-minus-other context cosine, rank-1 rate, Fréchet distance to other real LFW faces
+    at this resolution), empty when nothing was tuned.
+    """
+    empty = pd.DataFrame(columns=["w", "auc", "own_minus_other", "rank1", "fd"])
+    if cfg.guidance >= 0:
+        return {"w": float(cfg.guidance), "source": "set by the profile", "table": empty}
+    grid = [float(w) for w in cfg.guidance_grid]
+    if not grid or min(grid) < 0:
+        raise ParameterError(f"guidance_grid must list guidance values >= 0 when guidance < 0 (got "
+                             f"{cfg.guidance_grid}); or set guidance >= 0 to fix w")
+    tuned = tuning_contexts(fr, cfg.guidance_identities, cfg.image_size, seed=seed)
+    if tuned is None:
+        return {"w": grid[0], "source": "the grid's first value (no LFW to tune on)", "table": empty}
+    ctx, ref, who = tuned["contexts"], tuned["reference"], tuned["who"]
+    k = cfg.guidance_per_identity
+    labels = np.repeat(np.arange(len(ctx)), k)
+    rows = []
+    for w in grid:
+        res = sample(gen, ctx.repeat_interleave(k, 0), sampler(cfg, mode="baseline", guidance=w), seed=seed + 13,
+                     batch_size=cfg.sample_batch, device=device)
+        emb = fr.embed(res.images.numpy())
+        cos = (emb @ ctx.T).numpy()
+        own = cos[np.arange(len(labels)), labels]
+        other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
+        rows.append({"w": w, "auc": verification_auc(emb, labels), "own_minus_other": float((own - other).mean()),
+                     "rank1": float((cos.argmax(1) == labels).mean()),
+                     "fd": frechet_distance(emb.numpy(), ref.numpy()) if ref is not None else float("nan")})
+    table = pd.DataFrame(rows)
+    w = choose_guidance(dict(zip(table["w"], table["auc"], strict=True)), cfg.gate_auc)
+    return {"w": w, "source": f"tuned on {who}, {k} samples each", "table": table}
 
 
 def synthetic_identities(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
@@ -395,8 +476,10 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     at the generator's resolution: the genuine-vs-impostor AUC among generated faces (``auc``; real faces of
     the same identities at this resolution: ``real_auc``), the cosine of each sample to its own context against
     the mean cosine to the other contexts (``own_cos``, ``other_cos``), how often the own context is the nearest
-    one (``rank1``; chance = 1 / identities), and the Fréchet distance in FR-embedding space to real faces
-    (``fd``; two disjoint real sets at this resolution: ``fd_real``). Returns the numbers and the samples.
+    one (``rank1``; chance = 1 / identities; the same three for the held-out people's other real photos at this
+    resolution: ``real_own_cos``, ``real_other_cos``, ``real_rank1``), and the Fréchet distance in FR-embedding
+    space to real faces (``fd``; two disjoint real sets at this resolution: ``fd_real``). Returns the numbers and
+    the samples.
     """
     from ..data import FaceSet
 
@@ -416,6 +499,12 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
     real_small = lowres(ho, cfg.image_size).images
     real_emb = fr.embed(real_small)
+    # the yardstick for own/other: the held-out people's *other* real photos at this resolution
+    rest = np.setdiff1d(np.arange(len(ho)), first)
+    rcos = (real_emb[rest] @ ctx.T).numpy()
+    rlab = np.asarray(ho.labels)[rest]
+    r_own = rcos[np.arange(len(rest)), rlab]
+    r_other = (rcos.sum(1) - r_own) / max(1, len(ctx) - 1)
     ref_idx = np.random.default_rng(seed).permutation(len(td.faceset))[: max(len(real_emb), len(emb))]
     ref_emb = fr.embed(lowres(td.faceset.subset(np.sort(ref_idx)), cfg.image_size).images)
     fs = FaceSet(images=res.images.numpy(), labels=labels,
@@ -425,6 +514,9 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
             "own_cos": float(own.mean()), "other_cos": float(other.mean()),
             "own_minus_other": own - other,
             "rank1": float((cos.argmax(1) == labels).mean()), "chance": 1.0 / len(ctx),
+            "real_own_cos": float(r_own.mean()) if len(rest) else float("nan"),
+            "real_other_cos": float(r_other.mean()) if len(rest) else float("nan"),
+            "real_rank1": float((rcos.argmax(1) == rlab).mean()) if len(rest) else float("nan"),
             "fd": frechet_distance(emb.numpy(), ref_emb.numpy()),
             "fd_real": frechet_distance(real_emb.numpy(), ref_emb.numpy()),
             "n_identities": len(ctx), "per_identity": k, "faces": fs, "real_faces": real_small,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -133,7 +134,8 @@ def _train(sae: BaseSAE, x: torch.Tensor, *, steps: int, batch_size: int, lr: fl
                        final=final)
 
 
-def train_many(jobs: Sequence[tuple[BaseSAE, torch.Tensor, dict[str, Any]]], workers: int = 1) -> list[TrainResult]:
+def train_many(jobs: Sequence[tuple[BaseSAE, torch.Tensor, dict[str, Any]]], workers: int = 1,
+               cache: str | Path | None = None, progress: Any = None) -> list[TrainResult]:
     """:func:`train_sae` for each ``(sae, x, keyword arguments)`` job, in order, on ``workers`` processes.
 
     Each SAE step is a small single-threaded matrix product (``train_sae`` pins one thread), so on a CPU the
@@ -141,18 +143,111 @@ def train_many(jobs: Sequence[tuple[BaseSAE, torch.Tensor, dict[str, Any]]], wor
     other. Every job is seeded by its own arguments and runs on one thread either way, so the trained SAEs
     are the same as a sequential run's (tested); ``seconds`` is each job's own training time. Jobs on a GPU
     device, or ``workers`` <= 1, run sequentially in this process.
+
+    ``cache`` (a folder) keeps every trained SAE under a key of its family, config, initial weights, training
+    inputs and arguments (:func:`job_key`); a job whose key is there is loaded instead of trained (with the
+    ``seconds`` of the run that trained it), so a stage that trains a grid ahead of the chapter (``facestudy
+    train 04_facemint saes``) makes the chapter's identical call free. ``progress`` (optional) is called with
+    the number of jobs (0 or more) that just finished: first the cached ones, then each trained one.
     """
     jobs = list(jobs)
     if workers < 1:
         raise ParameterError(f"train_many: workers must be >= 1, got {workers}")
-    on_cpu = all(torch.device(kw.get("device", "cpu")).type == "cpu" for _, _, kw in jobs)
-    if workers == 1 or len(jobs) < 2 or not on_cpu:
-        return [train_sae(sae, x, **kw) for sae, x, kw in jobs]
-    from joblib import Parallel, delayed
+    out: list[TrainResult | None] = [None] * len(jobs)
+    paths: list[Path | None] = [None] * len(jobs)
+    if cache is not None:
+        for i, (sae, x, kw) in enumerate(jobs):
+            paths[i] = Path(cache) / f"sae-{job_key(sae, x, kw)}.pt"
+            out[i] = _load_result(sae, paths[i])
+    todo = [i for i, r in enumerate(out) if r is None]
+    tick = progress or (lambda _n: None)
+    tick(len(jobs) - len(todo))
+    on_cpu = all(torch.device(jobs[i][2].get("device", "cpu")).type == "cpu" for i in todo)
+    if workers == 1 or len(todo) < 2 or not on_cpu:
+        done = (train_sae(jobs[i][0], jobs[i][1], **jobs[i][2]) for i in todo)
+    else:
+        from joblib import Parallel, delayed
 
-    # numpy inputs travel to the workers as memory maps (joblib), not one pickled copy per job
-    return Parallel(n_jobs=min(workers, len(jobs)), backend="loky")(
-        delayed(_train_job)(sae, x.detach().cpu().float().numpy(), kw) for sae, x, kw in jobs)
+        # numpy inputs travel to the workers as memory maps (joblib), not one pickled copy per job; results
+        # come back in order as they finish
+        done = Parallel(n_jobs=min(workers, len(todo)), backend="loky", return_as="generator")(
+            delayed(_train_job)(jobs[i][0], jobs[i][1].detach().cpu().float().numpy(), jobs[i][2]) for i in todo)
+    for i, res in zip(todo, done, strict=True):
+        out[i] = res
+        if paths[i] is not None:
+            _save_result(res, paths[i])
+        tick(1)
+    return out  # type: ignore[return-value]
+
+
+def tail_share(history: pd.DataFrame, col: str = "mse", window: int = 5) -> float:
+    """How far from converged a training run ended: the fall of ``col`` (smoothed over ``window`` logged
+    steps) over the last quarter of the run, as a share of its fall over the whole run (0 = flat at the end,
+    ~0.25 = still falling at a constant rate; NaN with fewer than 8 logged steps or no fall)."""
+    if col not in history or len(history) < 8:
+        return float("nan")
+    v = history[col].rolling(window, min_periods=1).mean().to_numpy()
+    total = v[1] - v[-1]  # v[0] is the untrained start of the first logged step
+    if not np.isfinite(total) or total <= 0:
+        return float("nan")
+    return float((v[int(0.75 * len(v))] - v[-1]) / total)
+
+
+def job_key(sae: BaseSAE, x: torch.Tensor, kw: dict[str, Any]) -> str:
+    """The cache key of one training job: the SAE's family and config, a digest of its initial weights and
+    buffers, of the training inputs, and the training arguments (``device`` and ``threads`` excluded: they do
+    not change the result on a CPU)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    h = hashlib.sha1()
+    cfg = sae.config
+    conf = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+    args = {k: v for k, v in kw.items() if k not in ("device", "threads")}
+    h.update(json.dumps([type(sae).__name__, conf, args], sort_keys=True, default=str).encode())
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    xa = x.detach().cpu().float().contiguous().numpy()
+    h.update(str(xa.shape).encode())
+    h.update(xa.tobytes())
+    return h.hexdigest()[:24]
+
+
+def _save_result(res: TrainResult, path: Path) -> None:
+    from ...data.store import atomic_path, clean_temps
+
+    clean_temps(path.parent)
+    blob = {"state": {k: v.detach().cpu() for k, v in res.sae.state_dict().items()},
+            "history": {c: [float(v) for v in res.history[c]] for c in res.history.columns},
+            "seconds": float(res.seconds), "inputs_seen": int(res.inputs_seen),
+            "final": {k: float(v) for k, v in res.final.items()}}
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
+    except Exception as exc:  # noqa: BLE001 - a read-only or full cache: the SAE is still right, only not kept
+        import warnings
+
+        warnings.warn(f"SAE not cached: {exc}", stacklevel=3)
+
+
+def _load_result(sae: BaseSAE, path: Path) -> TrainResult | None:
+    """The cached result of ``sae``'s job, loaded into ``sae``; None when absent. A damaged file is reported by
+    path and trained again."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        sae.load_state_dict(blob["state"])
+        res = TrainResult(sae=sae.cpu().eval(), history=pd.DataFrame(blob["history"]), seconds=blob["seconds"],
+                          inputs_seen=blob["inputs_seen"], final=dict(blob["final"]))
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache file is reported by path and retrained
+        from ...data.store import _warn_rebuild
+
+        _warn_rebuild(path, exc, "SAE cache")
+        return None
+    return res
 
 
 def _train_job(sae: BaseSAE, x, kw: dict[str, Any]) -> TrainResult:
