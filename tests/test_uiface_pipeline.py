@@ -89,7 +89,7 @@ def test_tune_guidance_samples_every_w_on_tuning_people_and_keeps_a_fixed_w(monk
     assert list(out["table"]["w"]) == cfg.guidance_grid and out["w"] in cfg.guidance_grid
     assert out["w"] == P.choose_guidance(dict(zip(out["table"]["w"], out["table"]["auc"], strict=True)), cfg.gate_auc)
     assert "toy" in out["source"] and out["table"]["rank1"].between(0, 1).all()
-    assert (out["table"]["fd"] >= 0).all()
+    assert (out["table"]["fd"] >= 0).all() and "faces" in out["table"]
     monkeypatch.setattr(P, "tuning_contexts", lambda fr, n, size, seed=0: None)  # no LFW: the grid's first value
     assert P.tune_guidance(gen, FR(), cfg, "cpu")["w"] == cfg.guidance_grid[0]
     cfg.guidance = 3.0
@@ -98,3 +98,15 @@ def test_tune_guidance_samples_every_w_on_tuning_people_and_keeps_a_fixed_w(monk
     cfg.guidance, cfg.guidance_grid = -1.0, [-1.0]
     with pytest.raises(ParameterError, match="guidance_grid"):
         P.tune_guidance(gen, FR(), cfg, "cpu")
+
+
+def test_face_probability_tells_a_real_face_from_a_flat_image():
+    from facestudy import data
+
+    if not (data.available("mtcnn") and data.available("lfw")):
+        pytest.skip("MTCNN weights or LFW absent")
+    real = P.lowres(data.load("lfw", limit=8, seed=0), 32).images
+    flat = np.full((2, 32, 32, 3), 128, dtype=np.uint8)
+    p_real, p_flat = P.face_probability(real), P.face_probability(flat)
+    assert p_real.shape == (len(real),) and p_flat.shape == (2,)
+    assert np.median(p_real) > 0.5 > p_flat.max()

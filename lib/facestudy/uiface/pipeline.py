@@ -320,6 +320,29 @@ def tuning_contexts(fr, n_identities: int, size: int, seed: int = 0) -> dict[str
             "who": f"LFW ({len(pick)} people)"}
 
 
+def face_probability(images) -> np.ndarray | None:
+    """How face-like each image is: the MTCNN O-Net face probability of the whole image (chapter 4's F5 measure,
+    :func:`facestudy.interpret.actmax.faceness`). None when the MTCNN weights are absent; damaged weights raise."""
+    from .. import data
+    from ..interpret.actmax import faceness
+
+    if not data.available("mtcnn"):
+        return None
+    return np.asarray(faceness(np.asarray(images), _mtcnn())["onet_prob"], dtype=float)
+
+
+def _mtcnn():
+    global _MTCNN
+    if _MTCNN is None:
+        from ..data import MTCNN
+
+        _MTCNN = MTCNN.from_manifest()
+    return _MTCNN
+
+
+_MTCNN = None
+
+
 def choose_guidance(aucs: dict[float, float], target: float) -> float:
     """The smallest guidance w whose tuning AUC reaches ``target``; if none does, the w with the highest AUC.
 
@@ -344,9 +367,9 @@ def tune_guidance(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
     people are drawn and embedded, and w is :func:`choose_guidance` of their genuine-vs-impostor AUCs against
     ``cfg.gate_auc``. Without LFW, w = the grid's first value (noted in ``source``). Returns ``w``, ``source``
     and ``table`` (w, AUC, own-minus-other context cosine, rank-1 rate, Fréchet distance to other real LFW faces
-    at this resolution), empty when nothing was tuned.
+    at this resolution, fraction of samples the O-Net takes for faces), empty when nothing was tuned.
     """
-    empty = pd.DataFrame(columns=["w", "auc", "own_minus_other", "rank1", "fd"])
+    empty = pd.DataFrame(columns=["w", "auc", "own_minus_other", "rank1", "fd", "faces"])
     if cfg.guidance >= 0:
         return {"w": float(cfg.guidance), "source": "set by the profile", "table": empty}
     grid = [float(w) for w in cfg.guidance_grid]
@@ -367,9 +390,11 @@ def tune_guidance(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
         cos = (emb @ ctx.T).numpy()
         own = cos[np.arange(len(labels)), labels]
         other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
+        face = face_probability(res.images.numpy())
         rows.append({"w": w, "auc": verification_auc(emb, labels), "own_minus_other": float((own - other).mean()),
                      "rank1": float((cos.argmax(1) == labels).mean()),
-                     "fd": frechet_distance(emb.numpy(), ref.numpy()) if ref is not None else float("nan")})
+                     "fd": frechet_distance(emb.numpy(), ref.numpy()) if ref is not None else float("nan"),
+                     "faces": float((face > 0.5).mean()) if face is not None else float("nan")})
     table = pd.DataFrame(rows)
     w = choose_guidance(dict(zip(table["w"], table["auc"], strict=True)), cfg.gate_auc)
     return {"w": w, "source": f"tuned on {who}, {k} samples each", "table": table}
@@ -478,8 +503,9 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     the mean cosine to the other contexts (``own_cos``, ``other_cos``), how often the own context is the nearest
     one (``rank1``; chance = 1 / identities; the same three for the held-out people's other real photos at this
     resolution: ``real_own_cos``, ``real_other_cos``, ``real_rank1``), and the Fréchet distance in FR-embedding
-    space to real faces (``fd``; two disjoint real sets at this resolution: ``fd_real``). Returns the numbers and
-    the samples.
+    space to real faces (``fd``; two disjoint real sets at this resolution: ``fd_real``), and the fraction of
+    samples / real faces the MTCNN O-Net takes for faces (``faces_frac``, ``real_faces_frac``; probability > 0.5,
+    NaN without the MTCNN weights). Returns the numbers and the samples.
     """
     from ..data import FaceSet
 
@@ -505,6 +531,7 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     rlab = np.asarray(ho.labels)[rest]
     r_own = rcos[np.arange(len(rest)), rlab]
     r_other = (rcos.sum(1) - r_own) / max(1, len(ctx) - 1)
+    face, rface = face_probability(res.images.numpy()), face_probability(np.asarray(real_small))
     ref_idx = np.random.default_rng(seed).permutation(len(td.faceset))[: max(len(real_emb), len(emb))]
     ref_emb = fr.embed(lowres(td.faceset.subset(np.sort(ref_idx)), cfg.image_size).images)
     fs = FaceSet(images=res.images.numpy(), labels=labels,
@@ -519,6 +546,8 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
             "real_rank1": float((rcos.argmax(1) == rlab).mean()) if len(rest) else float("nan"),
             "fd": frechet_distance(emb.numpy(), ref_emb.numpy()),
             "fd_real": frechet_distance(real_emb.numpy(), ref_emb.numpy()),
+            "faces_frac": float((face > 0.5).mean()) if face is not None else float("nan"),
+            "real_faces_frac": float((rface > 0.5).mean()) if rface is not None else float("nan"),
             "n_identities": len(ctx), "per_identity": k, "faces": fs, "real_faces": real_small,
             "seconds": res.seconds}
 
