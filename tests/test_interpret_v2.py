@@ -209,6 +209,15 @@ def test_sae_cache_returns_the_trained_sae_and_retrains_a_changed_job(tmp_path):
     with pytest.warns(UserWarning):
         saes.train_many([job(), job(steps=6), job(seed=1)], cache=tmp_path)
     assert len(list(tmp_path.glob("sae-*.pt"))) == 3
+    # a file whose weights load but whose record is broken: the retrained SAE starts from the true initialisation
+    other = job(seed=2)
+    key = tmp_path / f"sae-{saes.train.job_key(*other)}.pt"
+    torch.save({"state": {k: torch.zeros_like(v) for k, v in other[0].state_dict().items()}}, key)
+    with pytest.warns(UserWarning):
+        retrained = saes.train_many([other], cache=tmp_path)[0]
+    fresh = saes.train_many([job(seed=2)])[0]
+    for k, v in fresh.sae.state_dict().items():
+        assert torch.equal(v, retrained.sae.state_dict()[k])
 
 
 def test_tail_share_reads_how_far_from_converged_a_run_ended():

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...errors import ParameterError
+from ...errors import DataError, ParameterError
 from . import metrics
 from .base import BaseSAE
 
@@ -226,7 +226,7 @@ def _save_result(res: TrainResult, path: Path) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
-    except Exception as exc:  # noqa: BLE001 - a read-only or full cache: the SAE is still right, only not kept
+    except DataError as exc:  # a read-only or full cache: the SAE is still right, only not kept
         import warnings
 
         warnings.warn(f"SAE not cached: {exc}", stacklevel=3)
@@ -237,6 +237,7 @@ def _load_result(sae: BaseSAE, path: Path) -> TrainResult | None:
     path and trained again."""
     if not path.exists():
         return None
+    init = {k: v.detach().clone() for k, v in sae.state_dict().items()}
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         sae.load_state_dict(blob["state"])
@@ -245,6 +246,8 @@ def _load_result(sae: BaseSAE, path: Path) -> TrainResult | None:
     except Exception as exc:  # noqa: BLE001 - a corrupt cache file is reported by path and retrained
         from ...data.store import _warn_rebuild
 
+        sae.load_state_dict(init)  # a half-loaded file must not change the initialisation it is retrained from
+        sae.train()
         _warn_rebuild(path, exc, "SAE cache")
         return None
     return res
