@@ -8,6 +8,7 @@ CPU times. ``pytest -m rehearsal`` runs them alone; ``-m "not rehearsal"`` skips
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -30,6 +31,10 @@ HEAVY = {("03_kprpe", "paper"): 700, ("04_facemint", "paper"): 247}  # chapter 2
 #: (chapter, profile) rehearsals that must stop with a DataError naming what is missing (the profile needs
 #: files the project cannot make fixtures for), with a phrase the error must contain
 EXPECTED_STOP = {("02_uiface", "paper"): "official UIFace checkpoints"}
+#: rehearsals that take turns (one at a time across pytest-xdist workers): the heavy ones and chapter 3's gpu one.
+#: On 2026-11-30 CI's kernel of chapter 3's paper rehearsal reached 11.7 GB and was killed for memory while the
+#: other worker ran another rehearsal (chapter 4's paper rehearsal alone peaks at 3.5 GB)
+TAKE_TURNS = {*HEAVY, ("03_kprpe", "gpu")}
 #: a chapter whose paper profile reads the IResNet-100 checkpoint (the broken-reader test)
 BROKEN_READER_CHAPTER = "04_facemint"
 
@@ -93,6 +98,24 @@ def _everything(request) -> bool:
     return "rehearsal" in (request.config.getoption("markexpr") or "") or bool(os.environ.get("FACESTUDY_REHEARSE_ALL"))
 
 
+@contextlib.contextmanager
+def _one_heavy_at_a_time(heavy: bool):
+    """Rehearsals of :data:`TAKE_TURNS` run one at a time across pytest-xdist workers (a lock file in the
+    temp folder the workers share), so two big kernels never share the 24 GB machine."""
+    if not heavy:
+        yield
+        return
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "facestudy-heavy-rehearsal.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _rehearse(chapter: str, profile: str, out: Path):
     results = runner.run_chapters(chapter, profile, out=out, progress=False, base=ROOT, rehearse=True)
     print(runner.table(results))
@@ -106,7 +129,8 @@ def test_chapter_rehearses(chapter, profile, tmp_path, request):
     if (chapter, profile) in HEAVY and not _everything(request):
         pytest.skip(f"{chapter} {profile} rehearsal: {HEAVY[chapter, profile]} s of CPU, over make test's budget; "
                     f"run it with pytest -m rehearsal")
-    res = _rehearse(chapter, profile, tmp_path)
+    with _one_heavy_at_a_time((chapter, profile) in TAKE_TURNS):
+        res = _rehearse(chapter, profile, tmp_path)
     meta = json.loads((tmp_path / f"{chapter}.run.json").read_text())
     assert meta["rehearsal"] is True and meta["parameters"]["device"] == "cpu"
     assert not list(tmp_path.glob("*.claims.json")), "a rehearsal recorded claims"
