@@ -177,7 +177,7 @@ def _bar(desc: str, total: int, enabled: bool):
         return None, None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0)
+    bar = tqdm(total=total, desc=desc, unit="step", mininterval=2.0, delay=1.0)  # no bar for a cached model
 
     def update(step: int, steps: int, loss: float) -> None:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
