@@ -353,7 +353,10 @@ TABLE: dict[str, dict[str, dict[str, Any]]] = {
             "main_kind": "gated",  # SAE family of F1, F3, F4 and act-max (the paper's predecessor uses a gated SAE)
             "n_show": 6,  # images per row in dataset-search grids
             "contrast_n": 20,  # images in each contrastive set
-            "ablation_n": 12,  # faces per edit (synthetic and real overlays)
+            # faces per edit (synthetic and real overlays); F4's per-seed switched-off rate is a fraction of the
+            # faces on which the chosen latent is active (about a third): 12 faces left ~4 per edit, and F4's
+            # verdict moved between machines (2026-11-30: not reproduced on one, inconclusive on another)
+            "ablation_n": 64,
             "actmax_size": 64,  # act-max canvas (px; resized to 112 for the model)
             "actmax_steps": 40,  # Adam steps per act-max image of the illustration grid's other targets
             "f5_steps": 256,  # Adam steps of F5's renders: the SAE latent x 4 parameterisations x actmax_seeds
