@@ -110,3 +110,15 @@ def test_face_probability_tells_a_real_face_from_a_flat_image():
     p_real, p_flat = P.face_probability(real), P.face_probability(flat)
     assert p_real.shape == (len(real),) and p_flat.shape == (2,)
     assert np.median(p_real) > 0.5 > p_flat.max()
+
+
+def test_context_scores_on_known_geometry():
+    """Three orthogonal contexts; rows 0-1 sit on their own context, row 2 sits nearer to another one."""
+    import torch
+
+    ctx = torch.eye(3)
+    emb = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8]])
+    sc = P.context_scores(emb, ctx, np.array([0, 1, 0]))
+    np.testing.assert_allclose(sc["own"], [1.0, 1.0, 0.6])
+    np.testing.assert_allclose(sc["other"], [0.0, 0.0, 0.4])  # (0 + 0.8) / 2
+    assert sc["rank1"] == pytest.approx(2 / 3)

@@ -324,23 +324,23 @@ def face_probability(images) -> np.ndarray | None:
     """How face-like each image is: the MTCNN O-Net face probability of the whole image (chapter 4's F5 measure,
     :func:`facestudy.interpret.actmax.faceness`). None when the MTCNN weights are absent; damaged weights raise."""
     from .. import data
+    from ..data.datasets import _detector  # the process's one MTCNN (the data layer's aligner)
     from ..interpret.actmax import faceness
 
     if not data.available("mtcnn"):
         return None
-    return np.asarray(faceness(np.asarray(images), _mtcnn())["onet_prob"], dtype=float)
+    return np.asarray(faceness(np.asarray(images), _detector())["onet_prob"], dtype=float)
 
 
-def _mtcnn():
-    global _MTCNN
-    if _MTCNN is None:
-        from ..data import MTCNN
-
-        _MTCNN = MTCNN.from_manifest()
-    return _MTCNN
-
-
-_MTCNN = None
+def context_scores(emb: torch.Tensor, ctx: torch.Tensor, labels: np.ndarray) -> dict[str, np.ndarray | float]:
+    """How much of its context each embedding carries: the cosine to its own context (``own``, per row), the mean
+    cosine to the other contexts (``other``, per row) and the fraction of rows whose own context is the nearest
+    (``rank1``). ``emb`` and ``ctx`` are L2-normalised; ``labels`` index ``ctx``."""
+    labels = np.asarray(labels)
+    cos = (emb @ ctx.T).numpy()
+    own = cos[np.arange(len(labels)), labels]
+    other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
+    return {"own": own, "other": other, "rank1": float((cos.argmax(1) == labels).mean())}
 
 
 def choose_guidance(aucs: dict[float, float], target: float) -> float:
@@ -387,12 +387,10 @@ def tune_guidance(gen, fr, cfg, device, seed: int = 0) -> dict[str, Any]:
         res = sample(gen, ctx.repeat_interleave(k, 0), sampler(cfg, mode="baseline", guidance=w), seed=seed + 13,
                      batch_size=cfg.sample_batch, device=device)
         emb = fr.embed(res.images.numpy())
-        cos = (emb @ ctx.T).numpy()
-        own = cos[np.arange(len(labels)), labels]
-        other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
+        sc = context_scores(emb, ctx, labels)
         face = face_probability(res.images.numpy())
-        rows.append({"w": w, "auc": verification_auc(emb, labels), "own_minus_other": float((own - other).mean()),
-                     "rank1": float((cos.argmax(1) == labels).mean()),
+        rows.append({"w": w, "auc": verification_auc(emb, labels),
+                     "own_minus_other": float((sc["own"] - sc["other"]).mean()), "rank1": sc["rank1"],
                      "fd": frechet_distance(emb.numpy(), ref.numpy()) if ref is not None else float("nan"),
                      "faces": float((face > 0.5).mean()) if face is not None else float("nan")})
     table = pd.DataFrame(rows)
@@ -520,17 +518,13 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
                  batch_size=cfg.sample_batch, device=device)
     labels = np.repeat(np.arange(len(ctx)), k)
     emb = fr.embed(res.images.numpy())
-    cos = (emb @ ctx.T).numpy()
-    own = cos[np.arange(len(labels)), labels]
-    other = (cos.sum(1) - own) / max(1, len(ctx) - 1)
+    sc = context_scores(emb, ctx, labels)
+    own, other = sc["own"], sc["other"]
     real_small = lowres(ho, cfg.image_size).images
     real_emb = fr.embed(real_small)
     # the yardstick for own/other: the held-out people's *other* real photos at this resolution
     rest = np.setdiff1d(np.arange(len(ho)), first)
-    rcos = (real_emb[rest] @ ctx.T).numpy()
-    rlab = np.asarray(ho.labels)[rest]
-    r_own = rcos[np.arange(len(rest)), rlab]
-    r_other = (rcos.sum(1) - r_own) / max(1, len(ctx) - 1)
+    rsc = context_scores(real_emb[rest], ctx, np.asarray(ho.labels)[rest])
     face, rface = face_probability(res.images.numpy()), face_probability(np.asarray(real_small))
     ref_idx = np.random.default_rng(seed).permutation(len(td.faceset))[: max(len(real_emb), len(emb))]
     ref_emb = fr.embed(lowres(td.faceset.subset(np.sort(ref_idx)), cfg.image_size).images)
@@ -540,10 +534,10 @@ def competence_gate(gen, fr, td: TrainingData, cfg, device, seed: int = 0) -> di
     return {"auc": verification_auc(emb, labels), "real_auc": verification_auc(real_emb, ho.labels),
             "own_cos": float(own.mean()), "other_cos": float(other.mean()),
             "own_minus_other": own - other,
-            "rank1": float((cos.argmax(1) == labels).mean()), "chance": 1.0 / len(ctx),
-            "real_own_cos": float(r_own.mean()) if len(rest) else float("nan"),
-            "real_other_cos": float(r_other.mean()) if len(rest) else float("nan"),
-            "real_rank1": float((rcos.argmax(1) == rlab).mean()) if len(rest) else float("nan"),
+            "rank1": sc["rank1"], "chance": 1.0 / len(ctx),
+            "real_own_cos": float(rsc["own"].mean()) if len(rest) else float("nan"),
+            "real_other_cos": float(rsc["other"].mean()) if len(rest) else float("nan"),
+            "real_rank1": rsc["rank1"] if len(rest) else float("nan"),
             "fd": frechet_distance(emb.numpy(), ref_emb.numpy()),
             "fd_real": frechet_distance(real_emb.numpy(), ref_emb.numpy()),
             "faces_frac": float((face > 0.5).mean()) if face is not None else float("nan"),
